@@ -1,0 +1,205 @@
+"""The bundle manifest: the one contract between the toolchain, the device agent and the registry.
+
+Only pydantic and the stdlib are imported here, because the device agent loads
+this module on small devices. Every model forbids unknown fields, so a
+manifest written by a newer schema is rejected loudly rather than half-read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+
+Precision = Literal["fp32", "fp16", "int8"]
+Layout = Literal["NCHW", "NHWC", "NC", "other"]
+ColorOrder = Literal["RGB", "BGR", "GRAY"]
+Task = Literal["classify", "detect", "other"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Model):
+    """One input or output tensor of an artifact, exactly as the runtime sees it."""
+
+    name: str
+    shape: list[int] = Field(description="Static shape; -1 marks a dynamic axis.")
+    dtype: Literal["float32", "float16", "int8", "uint8", "int32", "int64"]
+    quantization: QuantParams | None = Field(
+        default=None, description="Scale and zero point when the tensor itself is integer."
+    )
+
+
+class QuantParams(_Model):
+    scale: float
+    zero_point: int
+
+
+class Preprocessing(_Model):
+    """How to turn an image into the model's input: x = (pixel * scale - mean) / std, per channel."""
+
+    layout: Layout = "NCHW"
+    color: ColorOrder = "RGB"
+    resize: tuple[int, int] | None = Field(default=None, description="(height, width) fed to the model.")
+    resize_mode: Literal["stretch", "letterbox"] = "stretch"
+    letterbox_fill: int = 114
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default_factory=lambda: [0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, value: list[float]) -> list[float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std values must be non-zero")
+        return value
+
+
+class NMSParams(_Model):
+    conf_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    iou_threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    max_detections: int = Field(default=300, gt=0)
+    output_format: Literal["ultralytics"] = Field(
+        default="ultralytics",
+        description="Layout of the raw output: (batch, 4 + classes, anchors), boxes as cx, cy, w, h in pixels.",
+    )
+
+
+class Postprocessing(_Model):
+    task: Task = "other"
+    labels: list[str] = Field(default_factory=list)
+    nms: NMSParams | None = None
+
+
+class Artifact(_Model):
+    path: str
+    role: str = Field(default="model", description="What the file is for, e.g. 'model', 'gpu', 'cpu'.")
+    format: str = Field(description="Artifact format, as in the target profile (onnx, tflite, ...).")
+    precision: Precision
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class FileEntry(_Model):
+    path: str
+    sha256: str
+    size: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256_RE.match(value):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = value.split("/")
+        if value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"file path must be relative and normalised: {value!r}")
+        return value
+
+
+class SourceInfo(_Model):
+    kind: str = Field(description="onnx, torchscript, torch-export, torch-entrypoint, ultralytics")
+    filename: str
+    sha256: str
+
+
+class ToolchainInfo(_Model):
+    edgectl: str
+    converter: str
+    versions: dict[str, str] = Field(default_factory=dict, description="Versions of the libraries used.")
+
+
+class Fidelity(_Model):
+    cosine: float
+    max_abs_error: float
+    top1_agreement: float | None = None
+
+
+class LayerRepair(_Model):
+    method: Literal["keep-float"] = "keep-float"
+    layers_kept_float: list[str]
+    candidates_ranked: int
+    attempts: list[dict[str, float | int | str]] = Field(default_factory=list)
+
+
+class ValidationReport(_Model):
+    data: Literal["val", "calib"] = Field(description="Which data the figures come from.")
+    samples: int
+    task: Task
+    metric: str | None = Field(default=None, description="Task metric gated on: top1 or mAP50-95.")
+    reference: dict[str, float] = Field(default_factory=dict, description="Task metrics of the FP32 source.")
+    artifact: dict[str, float] = Field(default_factory=dict, description="Task metrics of this artifact.")
+    drop_points: float | None = Field(default=None, description="Reference minus artifact, in points.")
+    max_drop_points: float
+    fidelity: Fidelity
+    passed: bool
+    repair: LayerRepair | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class BenchmarkReport(_Model):
+    runs: int
+    warmup: int
+    threads: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_ms_mean: float
+    throughput_per_s: float
+    session_init_ms: float
+    peak_memory_mb: float
+    artifact_bytes: int
+    host: str
+
+
+class Manifest(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: int = Field(ge=1, description="Monotonic per model: a device refuses a lower version.")
+    created_at: str
+    target: str
+    runtime: str
+    precision: Precision
+    artifacts: list[Artifact]
+    preprocessing: Preprocessing
+    postprocessing: Postprocessing
+    source: SourceInfo
+    toolchain: ToolchainInfo
+    validation: ValidationReport | None = None
+    benchmark: BenchmarkReport | None = None
+    files: list[FileEntry] = Field(default_factory=list, description="sha256 of every file but the manifest.")
+    key_id: str | None = Field(default=None, description="Fingerprint of the public key that signs it.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("name must be 1-128 of letters, digits, '.', '_' or '-', starting alphanumeric")
+        return value
+
+    @model_validator(mode="after")
+    def _artifacts_listed(self) -> Manifest:
+        if not self.artifacts:
+            raise ValueError("a manifest needs at least one artifact")
+        if self.files:
+            listed = {f.path for f in self.files}
+            missing = [a.path for a in self.artifacts if a.path not in listed]
+            if missing:
+                raise ValueError(f"artifacts missing from files: {missing}")
+        return self
+
+
+TensorSpec.model_rebuild()

@@ -1,0 +1,1 @@
+"""The `edgectl` command line: one module per command group, `main` only adds them."""

@@ -1,0 +1,169 @@
+"""`edgectl build`: convert, quantize, validate, benchmark and sign, per target."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build_command)
+
+
+def build_command(
+    model: str = typer.Argument(
+        ..., help="ONNX, TorchScript, .pt2, Ultralytics .pt/.yaml, or package.module:factory."
+    ),
+    target: list[str] = typer.Option(..., "--target", "-t", help="Target profile; repeat for several."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (the target's default), fp32, fp16 or int8."
+    ),
+    calib: Path | None = typer.Option(None, "--calib", help="Calibration data: image folder, .npy or .npz."),
+    val: Path | None = typer.Option(
+        None, "--val", help="Validation data: folder of class sub-folders, .npz (x, y), or YOLO data.yaml."
+    ),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest task-metric drop allowed, in points."),
+    name: str | None = typer.Option(None, "--name", help="Model name in the bundle (default: file stem)."),
+    version: int = typer.Option(1, "--version", help="Model version, an integer that only grows."),
+    out: Path = typer.Option(Path("build"), "--out", help="Output folder for bundles."),
+    sign_key: Path | None = typer.Option(
+        None, "--sign-key", envvar="EDGECTL_SIGN_KEY", help="Ed25519 private key (edgectl keys generate)."
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="State-dict file for a package.module:factory."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", help="Input shape, batch first: 1,3,224,224."
+    ),
+    layout: str | None = typer.Option(None, "--layout", help="NCHW or NHWC (default: the model's own)."),
+    color: str | None = typer.Option(None, "--color", help="RGB (default), BGR or GRAY."),
+    scale: float | None = typer.Option(None, "--scale", help="Pixel scale before mean/std (default 1/255)."),
+    mean: str | None = typer.Option(
+        None, "--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."
+    ),
+    std: str | None = typer.Option(None, "--std", help="Per-channel std after scaling."),
+    labels: Path | None = typer.Option(None, "--labels", help="Class labels, one per line."),
+    calib_limit: int = typer.Option(128, "--calib-limit", help="At most this many calibration samples."),
+    bench_runs: int = typer.Option(50, "--bench-runs", help="Timed runs in the benchmark."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Build signed bundles of MODEL for each --target."""
+    from toolchain.cli.output import RichReporter, emit_json, parse_numbers
+    from toolchain.errors import UserInputError
+    from toolchain.pipeline import BuildRequest, build
+
+    if sign_key is None:
+        raise UserInputError(
+            "bundles are always signed: no --sign-key given",
+            hint="create one with 'edgectl keys generate --out keys' and pass --sign-key keys/signing.key",
+        )
+    request = BuildRequest(
+        model=model,
+        targets=target,
+        precision=precision,
+        calib=calib,
+        val=val,
+        max_drop=max_drop,
+        name=name,
+        version=version,
+        out=out,
+        sign_key=sign_key,
+        weights=weights,
+        input_shape=parse_numbers(input_shape, int, "--input-shape"),
+        layout=layout,
+        color=color,
+        scale=scale,
+        mean=parse_numbers(mean, float, "--mean"),
+        std=parse_numbers(std, float, "--std"),
+        labels=labels,
+        calib_limit=calib_limit,
+        bench_runs=bench_runs,
+    )
+    with RichReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
+        results = build(request, reporter)
+    if as_json:
+        emit_json("build", {"bundles": [bundle_record(r) for r in results]})
+    else:
+        print_results(results)
+
+
+def bundle_record(result) -> dict:
+    manifest = result.manifest
+    return {
+        "target": result.target,
+        "precision": result.precision,
+        "bundle": str(result.bundle),
+        "archive": str(result.archive),
+        "artifact_bytes": manifest.benchmark.artifact_bytes if manifest.benchmark else None,
+        "validation": manifest.validation.model_dump(mode="json") if manifest.validation else None,
+        "benchmark": manifest.benchmark.model_dump(mode="json") if manifest.benchmark else None,
+    }
+
+
+def result_row(result) -> dict:
+    """The figures of one bundle, as the build and demo tables show them."""
+    manifest = result.manifest
+    report, bench = manifest.validation, manifest.benchmark
+    metric = report.metric if report else None
+    return {
+        "target": result.target,
+        "precision": result.precision,
+        "artifact_bytes": bench.artifact_bytes if bench else None,
+        "metric": metric,
+        "reference": report.reference.get(metric) if metric else None,
+        "artifact": report.artifact.get(metric) if metric else None,
+        "drop_points": report.drop_points if report else None,
+        "cosine": report.fidelity.cosine if report else None,
+        "p50_ms": bench.latency_ms_p50 if bench else None,
+        "p95_ms": bench.latency_ms_p95 if bench else None,
+        "layers_kept_float": report.repair.layers_kept_float if report and report.repair else [],
+        "bundle": str(result.archive),
+    }
+
+
+def print_results(results, title: str = "edgectl build") -> None:
+    from rich.table import Table
+
+    from toolchain.cli.output import console, human_bytes
+
+    table = Table(title=title)
+    for column in (
+        "target",
+        "precision",
+        "size",
+        "metric",
+        "FP32",
+        "artifact",
+        "drop",
+        "p50 ms",
+        "p95 ms",
+        "bundle",
+    ):
+        table.add_column(column, justify="right" if column not in ("target", "bundle", "metric") else "left")
+    num = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for result in results:
+        row = result_row(result)
+        table.add_row(
+            row["target"],
+            row["precision"],
+            human_bytes(row["artifact_bytes"]) if row["artifact_bytes"] else "-",
+            row["metric"] or "fidelity",
+            num(row["reference"]),
+            num(row["artifact"]),
+            num(row["drop_points"]),
+            num(row["p50_ms"], 3),
+            num(row["p95_ms"], 3),
+            Path(row["bundle"]).name,
+        )
+    console.print(table)
+    for result in results:
+        report = result.manifest.validation
+        if report and report.repair:
+            console.print(
+                f"{result.target}: {len(report.repair.layers_kept_float)} layer(s) kept in float to hold the "
+                f"accuracy budget: {', '.join(report.repair.layers_kept_float)}"
+            )
+        for note in report.notes if report else []:
+            console.print(f"{result.target}: note: {note}")

@@ -1,0 +1,33 @@
+"""The converter table: one module per runtime, registered by decorator into CONVERTERS.
+
+A converter turns the cached FP32 ONNX model into the target's artifact(s) at
+the asked precision. It may call `ctx.evaluate` to repair its own output (the
+INT8 sensitivity repair does), but the decision that a result is fatal stays
+with the pipeline. Importing this package imports no runtime: each converter
+imports its libraries inside `convert`.
+"""
+
+from __future__ import annotations
+
+from toolchain.converters import onnxruntime as _onnxruntime  # noqa: F401  (registers itself)
+from toolchain.converters.base import (
+    CONVERTERS,
+    KNOWN_RUNTIMES,
+    BuildContext,
+    ConvertedArtifact,
+    Converter,
+    ConverterResult,
+    get_converter,
+    register,
+)
+
+__all__ = [
+    "CONVERTERS",
+    "KNOWN_RUNTIMES",
+    "BuildContext",
+    "ConvertedArtifact",
+    "Converter",
+    "ConverterResult",
+    "get_converter",
+    "register",
+]

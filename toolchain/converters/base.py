@@ -1,0 +1,91 @@
+"""What every converter gets and returns, and the table they register into."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgebundle.manifest import LayerRepair, Precision, ValidationReport
+from targets import TargetProfile
+from toolchain.deps import is_available
+from toolchain.errors import ConverterUnavailableError, MissingDependencyError
+
+# Every runtime a target profile may name; those without a registered converter
+# fail with ConverterUnavailableError until their converter lands.
+KNOWN_RUNTIMES = ("onnxruntime", "tflite", "tensorrt", "coreml", "tflite-micro")
+
+
+@dataclass
+class BuildContext:
+    """Everything a converter needs for one target, prepared once by the pipeline."""
+
+    fp32_onnx: Path
+    profile: TargetProfile
+    precision: Precision
+    workdir: Path
+    input_name: str
+    calibration: np.ndarray | None
+    # Runs an artifact of this target's runtime on the evaluation data and judges it.
+    evaluate: Callable[[Path], ValidationReport]
+    # Raw outputs of an artifact on a few calibration inputs, for sensitivity ranking.
+    sample_outputs: Callable[[Path], list[np.ndarray]]
+    sample_reference: list[np.ndarray]
+    progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+
+
+@dataclass
+class ConvertedArtifact:
+    path: Path
+    role: str
+    format: str
+    precision: Precision
+
+
+@dataclass
+class ConverterResult:
+    artifacts: list[ConvertedArtifact]
+    validation: ValidationReport | None = None  # the primary artifact's, when the converter already judged it
+    repair: LayerRepair | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class Converter:
+    runtime: ClassVar[str]
+    name: ClassVar[str]
+    # (module, extra) pairs that must be importable
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def check_available(self) -> None:
+        for module, extra in self.requires:
+            if not is_available(module):
+                raise MissingDependencyError(module, extra, f"the {self.runtime} converter")
+
+    def convert(self, ctx: BuildContext) -> ConverterResult:
+        raise NotImplementedError
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def register(cls: type[Converter]) -> type[Converter]:
+    if cls.runtime not in KNOWN_RUNTIMES:
+        raise ValueError(f"unknown runtime {cls.runtime!r}; known: {', '.join(KNOWN_RUNTIMES)}")
+    if cls.runtime in CONVERTERS:
+        raise ValueError(f"a converter for {cls.runtime!r} is already registered")
+    CONVERTERS[cls.runtime] = cls()
+    return cls
+
+
+def get_converter(profile: TargetProfile) -> Converter:
+    converter = CONVERTERS.get(profile.runtime)
+    if converter is None:
+        available = sorted(CONVERTERS)
+        raise ConverterUnavailableError(
+            f"target {profile.name} needs a {profile.runtime} converter, which this version of edgectl does not have yet",
+            hint=f"build for a target whose runtime is one of: {', '.join(available)} ('edgectl targets' lists them)",
+        )
+    return converter

@@ -1,0 +1,363 @@
+"""`edgectl build`: load source → export ONNX (cached) → per target: convert → validate → benchmark → bundle.
+
+Everything that can be checked before heavy work is checked first (targets,
+converters, precisions, signing key, output folder), so a typo fails in a
+second, not after a ten-minute export. Each target's files are staged in a
+hidden folder of the output directory and published by `edgebundle` only once
+complete: a failed build leaves no partial bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgebundle.manifest import (
+    Artifact,
+    Manifest,
+    Postprocessing,
+    Precision,
+    Preprocessing,
+    SourceInfo,
+    ToolchainInfo,
+    ValidationReport,
+)
+from targets import TargetProfile, get_profile
+from toolchain import data as datasets
+from toolchain.converters import BuildContext, get_converter
+from toolchain.deps import version_of
+from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
+from toolchain.validate import EvalData, judge, task_metrics
+
+# The opset we export at unless a target's ceiling is lower: wide support across runtimes.
+PREFERRED_OPSET = 17
+SENSITIVITY_SAMPLES = 16
+
+
+class BuildRequest(BaseModel):
+    """The CLI's `build` flags, validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    targets: list[str] = Field(min_length=1)
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    calib: Path | None = None
+    val: Path | None = None
+    max_drop: float = Field(default=1.0, ge=0.0, le=100.0)
+    name: str | None = None
+    version: int = Field(default=1, ge=1)
+    out: Path = Path("build")
+    sign_key: Path
+    weights: Path | None = None
+    input_shape: list[int] | None = None
+    layout: Literal["NCHW", "NHWC"] | None = None
+    color: Literal["RGB", "BGR", "GRAY"] | None = None
+    scale: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    labels: Path | None = None
+    calib_limit: int = Field(default=128, ge=1)
+    val_limit: int = Field(default=5000, ge=1)
+    bench_runs: int = Field(default=50, ge=1)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(d <= 0 for d in value)):
+            raise ValueError("every axis of --input-shape must be a positive integer")
+        return value
+
+
+class TargetBuild(BaseModel):
+    target: str
+    precision: Precision
+    bundle: Path
+    archive: Path
+    manifest: Manifest
+    export_cached: bool
+
+
+class Reporter:
+    """Progress callbacks; the CLI swaps in a progress bar, tests keep this silent one."""
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def advance(self, label: str, done: int, total: int) -> None:
+        pass
+
+
+def _resolve_precision(profile: TargetProfile, asked: str) -> Precision:
+    precision = profile.default_precision if asked == "auto" else asked
+    if precision not in profile.precisions:
+        raise UserInputError(
+            f"target {profile.name} does not support --precision {precision}",
+            hint=f"it supports: {', '.join(profile.precisions)}",
+        )
+    return precision
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".edgectl-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserInputError(
+            f"output directory {out} is not writable: {exc.strerror or exc}",
+            hint="pass --out with a writable folder",
+        ) from exc
+
+
+def _preprocessing(req: BuildRequest, base: Preprocessing, shape: list[int]) -> Preprocessing:
+    update: dict = {}
+    channels_last = len(shape) == 4 and shape[1] not in (1, 3) and shape[3] in (1, 3)
+    if channels_last and req.layout is None and base.layout == "NCHW":
+        update["layout"] = "NHWC"
+    for flag in ("layout", "color", "scale", "mean", "std"):
+        value = getattr(req, flag)
+        if value is not None:
+            update[flag] = value
+    pre = base.model_copy(update=update)
+    if len(shape) == 4:
+        channels = shape[1] if pre.layout == "NCHW" else shape[3]
+        if req.color is None and channels == 1:
+            pre = pre.model_copy(update={"color": "GRAY"})
+        for field_name in ("mean", "std"):
+            values = getattr(pre, field_name)
+            if len(values) == 1:
+                pre = pre.model_copy(update={field_name: values * channels})
+            elif len(values) != channels:
+                raise UserInputError(
+                    f"--{field_name} has {len(values)} values, the input has {channels} channels",
+                    hint=f"give one value or {channels}",
+                )
+        pre = pre.model_copy(update={"resize": datasets.input_hw(shape, pre.layout)})
+    return pre
+
+
+def _load_labels(req: BuildRequest, fallback: list[str]) -> list[str]:
+    if req.labels is None:
+        return fallback
+    try:
+        return [line.strip() for line in req.labels.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot read labels file {req.labels}: {exc}", hint="one label per line"
+        ) from exc
+
+
+def _eval_data(req, task, pre, shape, calibration) -> EvalData | None:
+    if req.val is not None:
+        if task == "detect":
+            det = datasets.load_detection_set(req.val, pre, shape, req.val_limit)
+            return EvalData("val", task, det.inputs, boxes=det.boxes, class_names=det.class_names)
+        cls = datasets.load_classification_set(req.val, pre, shape, req.val_limit)
+        return EvalData("val", "classify", cls.inputs, labels=cls.labels, class_names=cls.class_names)
+    if calibration is not None:
+        return EvalData("calib", task, calibration)
+    return None
+
+
+def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBuild]:
+    from edgebundle import bundle_name_for, load_private_key, write_bundle
+    from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
+    from toolchain.runners import open_runner, run_all
+    from toolchain.sources import resolve_source
+
+    reporter = reporter or Reporter()
+    # torch.jit.load and the TorchScript exporter warn about their own deprecation on every call
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+    warnings.filterwarnings("ignore", message=r".*_decide_input_format.*")
+    # 1. everything cheap first
+    profiles = [get_profile(name) for name in dict.fromkeys(req.targets)]
+    plans = []
+    for profile in profiles:
+        converter = get_converter(profile)
+        converter.check_available()
+        plans.append((profile, converter, _resolve_precision(profile, req.precision)))
+    private_key = load_private_key(req.sign_key)
+    _check_out_dir(req.out)
+    if any(p == "int8" for _, _, p in plans) and req.calib is None:
+        raise CalibrationError(
+            "INT8 needs calibration data from you; edgectl never invents it",
+            hint="pass --calib with a folder of representative inputs (or a .npy), or --precision fp32",
+        )
+
+    # 2. the source and what it says about itself
+    reporter.stage("reading the model")
+    source = resolve_source(req.model, req.weights)
+    shape = req.input_shape or source.input_shape
+    if shape is None and source.kind == "onnx":
+        shape = onnx_input_shape(Path(source.location))
+        shape = [1 if (i == 0 and d <= 0) else d for i, d in enumerate(shape)]
+    if shape is None:
+        raise UserInputError(
+            f"{source.filename} does not say its input shape", hint="pass --input-shape, e.g. 1,3,224,224"
+        )
+    pre = _preprocessing(req, source.preprocessing, shape)
+    name = req.name or Path(source.location.split(":")[-1]).stem
+    calibration = datasets.load_calibration(req.calib, pre, shape, req.calib_limit) if req.calib else None
+
+    results: list[TargetBuild] = []
+    exported: dict[int, tuple[Path, bool]] = {}
+    references: dict[Path, tuple[list[np.ndarray], dict[str, float], list[np.ndarray]]] = {}
+    evaluation: EvalData | None = None
+    for profile, converter, precision in plans:
+        opset = min(PREFERRED_OPSET, profile.opset_ceiling)
+        if opset not in exported:
+            reporter.stage(f"exporting to ONNX (opset {opset})")
+            exported[opset] = export_onnx(source, shape, opset)
+        fp32_path, cached = exported[opset]
+        inputs, outputs = tensor_specs(fp32_path)
+        task = source.task
+        if task == "other" and len(outputs) == 1 and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 1:
+            task = "classify"
+        if evaluation is None:
+            reporter.stage("loading validation data")
+            evaluation = _eval_data(req, task, pre, shape, calibration)
+            if evaluation is not None and task == "detect":
+                evaluation.num_classes = len(source.labels) or (outputs[0].shape[1] - 4)
+        labels = _load_labels(req, source.labels or (evaluation.class_names if evaluation else []))
+        if fp32_path not in references and evaluation is not None:
+            reporter.stage("scoring the FP32 reference")
+            fp32_runner = open_runner("onnxruntime", fp32_path)
+            ref_outputs = run_all(fp32_runner, evaluation.inputs)
+            sample_inputs = (calibration if calibration is not None else evaluation.inputs)[
+                :SENSITIVITY_SAMPLES
+            ]
+            references[fp32_path] = (
+                ref_outputs,
+                task_metrics(ref_outputs, evaluation, source.nms),
+                run_all(fp32_runner, sample_inputs),
+            )
+
+        def evaluate(
+            path: Path, profile: TargetProfile = profile, fp32_path: Path = fp32_path, evaluation=evaluation
+        ) -> ValidationReport:
+            runner = open_runner(profile.runtime, path)
+            ref_outputs, ref_metrics, _ = references[fp32_path]
+            return judge(
+                evaluation,
+                ref_outputs,
+                ref_metrics,
+                run_all(runner, evaluation.inputs),
+                source.nms,
+                req.max_drop,
+            )
+
+        def sample_outputs(
+            path: Path, profile: TargetProfile = profile, evaluation=evaluation
+        ) -> list[np.ndarray]:
+            inputs_ = (calibration if calibration is not None else evaluation.inputs)[:SENSITIVITY_SAMPLES]
+            return run_all(open_runner(profile.runtime, path), inputs_)
+
+        req.out.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=".edgectl-work-", dir=req.out))
+        staging = Path(tempfile.mkdtemp(prefix=".edgectl-staging-", dir=req.out))
+        try:
+            reporter.stage(f"{profile.name}: converting to {precision}")
+            ctx = BuildContext(
+                fp32_onnx=fp32_path,
+                profile=profile,
+                precision=precision,
+                workdir=workdir,
+                input_name=inputs[0].name,
+                calibration=calibration,
+                evaluate=evaluate,
+                sample_outputs=sample_outputs,
+                sample_reference=references[fp32_path][2] if fp32_path in references else [],
+                progress=reporter.advance,
+            )
+            converted = converter.convert(ctx)
+            primary = converted.artifacts[0]
+            report = converted.validation
+            if report is None and evaluation is not None:
+                reporter.stage(f"{profile.name}: validating")
+                report = evaluate(primary.path)
+            if report is not None and not report.passed:
+                raise _gate_error(profile, precision, report)
+            reporter.stage(f"{profile.name}: benchmarking")
+            from toolchain.benchmark import benchmark
+
+            bench = benchmark(primary.path, profile.runtime, threads=profile.threads, runs=req.bench_runs)
+            artifacts = []
+            for item in converted.artifacts:
+                shutil.copyfile(item.path, staging / item.path.name)
+                art_in, art_out = tensor_specs(item.path) if item.format == "onnx" else (inputs, outputs)
+                artifacts.append(
+                    Artifact(
+                        path=item.path.name,
+                        role=item.role,
+                        format=item.format,
+                        precision=item.precision,
+                        inputs=art_in,
+                        outputs=art_out,
+                    )
+                )
+            if labels:
+                (staging / "labels.txt").write_text("\n".join(labels) + "\n")
+            manifest = Manifest(
+                name=name,
+                version=req.version,
+                created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+                target=profile.name,
+                runtime=profile.runtime,
+                precision=precision,
+                artifacts=artifacts,
+                preprocessing=pre,
+                postprocessing=Postprocessing(task=task, labels=labels, nms=source.nms),
+                source=SourceInfo(kind=source.kind, filename=source.filename, sha256=source.sha256),
+                toolchain=ToolchainInfo(
+                    edgectl=version_of("edgectl"),
+                    converter=converter.name,
+                    versions={**converted.versions, "torch": version_of("torch"), "opset": str(opset)},
+                ),
+                validation=report,
+                benchmark=bench,
+            )
+            reporter.stage(f"{profile.name}: signing the bundle")
+            location = write_bundle(
+                staging, manifest, private_key, req.out, bundle_name_for(name, req.version, profile.name)
+            )
+            results.append(
+                TargetBuild(
+                    target=profile.name,
+                    precision=precision,
+                    bundle=location.directory,
+                    archive=location.archive,
+                    manifest=location.manifest,
+                    export_cached=cached,
+                )
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def _gate_error(profile: TargetProfile, precision: str, report: ValidationReport) -> AccuracyGateError:
+    kept = len(report.repair.layers_kept_float) if report.repair else 0
+    if report.metric:
+        what = (
+            f"{report.metric} {report.reference[report.metric]:.2f} -> {report.artifact[report.metric]:.2f} "
+            f"(drop {report.drop_points:.2f} points)"
+        )
+    else:
+        what = f"output cosine {report.fidelity.cosine:.4f}, top-1 agreement {report.fidelity.top1_agreement}"
+    repaired = f" even with {kept} layers kept in float" if kept else ""
+    error = AccuracyGateError(
+        f"{profile.name} {precision}: {what} breaks --max-drop {report.max_drop_points}{repaired}",
+        hint="give more representative --calib data, raise --max-drop, or build --precision fp32",
+    )
+    error.report = report  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,351 @@
+"""Model sources: what a MODEL argument can be, and how each kind becomes ONNX.
+
+One table (`SOURCE_KINDS`) maps a kind to its detector and exporter. Detection
+never unpickles: a checkpoint is recognised by the names inside its zip
+container, so an unreadable or foreign file is refused before any code in it
+could run. Loading a PyTorch pickle does execute code; only build models you
+trust, as with torch.load itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgebundle.manifest import NMSParams, Preprocessing, Task
+from toolchain.deps import require
+from toolchain.errors import ExportError, UserInputError
+
+ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class SourceModel:
+    """A model the user pointed at, with what it says about itself."""
+
+    location: str
+    kind: str
+    sha256: str
+    input_shape: list[int] | None = None
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    task: Task = "other"
+    labels: list[str] = field(default_factory=list)
+    nms: NMSParams | None = None
+    weights: Path | None = None
+
+    @property
+    def filename(self) -> str:
+        return Path(self.location).name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _zip_pickle_mentions(path: Path, needle: bytes) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if name.endswith("data.pkl"):
+                return needle in zf.read(name)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# detection
+# ---------------------------------------------------------------------------
+
+
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+def _is_torch_export(path: Path) -> bool:
+    return path.suffix.lower() == ".pt2"
+
+
+def _is_torchscript(path: Path) -> bool:
+    names = _zip_names(path)
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _is_ultralytics(path: Path) -> bool:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return True
+    return bool(_zip_names(path)) and _zip_pickle_mentions(path, b"ultralytics.nn")
+
+
+def _packaged_ultralytics_cfg(name: str) -> bool:
+    """A model yaml that ships inside the ultralytics package (yolo11n.yaml): no download needed."""
+    if not name.endswith((".yaml", ".yml")) or "/" in name:
+        return False
+    with contextlib.suppress(ImportError):
+        import ultralytics
+
+        cfg_root = Path(ultralytics.__file__).parent / "cfg" / "models"
+        stem = re.sub(r"(\d+)[nslmx]", r"\1", Path(name).stem)  # yolo11n -> yolo11 (scale letter)
+        return any(cfg_root.rglob(f"{stem}.yaml"))
+    return False
+
+
+def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
+    """Identify the kind of MODEL and hash it; no heavy import unless the kind needs one."""
+    if ENTRYPOINT_RE.match(model) and not Path(model).exists():
+        if weights is None:
+            raise UserInputError(
+                f"entry point {model} needs a state-dict file",
+                hint="pass --weights PATH (a file saved with torch.save(model.state_dict(), PATH))",
+            )
+        if not weights.is_file():
+            raise UserInputError(f"weights file {weights} does not exist", hint="check the --weights path")
+        digest = hashlib.sha256(model.encode() + b"\0" + _sha256(weights).encode()).hexdigest()
+        return SourceModel(model, "torch-entrypoint", digest, weights=weights)
+    path = Path(model)
+    if not path.exists():
+        if _packaged_ultralytics_cfg(model):
+            return _ultralytics_source(model, hashlib.sha256(model.encode()).hexdigest())
+        raise UserInputError(
+            f"model {model} does not exist",
+            hint="pass an .onnx, TorchScript, .pt2, Ultralytics .pt/.yaml file or package.module:factory",
+        )
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise UserInputError(
+            f"model {model} is not a readable file", hint="check the path and its permissions"
+        )
+    digest = _sha256(path)
+    for kind, spec in SOURCE_KINDS.items():
+        if spec.detect(path):
+            if kind == "ultralytics":
+                return _ultralytics_source(str(path), digest)
+            return SourceModel(str(path), kind, digest)
+    raise UserInputError(
+        f"{model} is not a model edgectl can read",
+        hint="supported: .onnx, TorchScript (torch.jit.save), torch.export (.pt2), Ultralytics .pt/.yaml, "
+        "or package.module:factory with --weights",
+    )
+
+
+def _ultralytics_source(location: str, digest: str) -> SourceModel:
+    require("ultralytics", extra="build", purpose="reading an Ultralytics model")
+    model = _load_ultralytics(location)
+    names = model.names
+    labels = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    imgsz = (getattr(model.model, "args", None) or {}).get("imgsz", 640)
+    if isinstance(imgsz, int):
+        imgsz = [imgsz, imgsz]
+    task = "detect" if model.task == "detect" else "classify" if model.task == "classify" else "other"
+    pre = Preprocessing(
+        layout="NCHW",
+        color="RGB",
+        resize_mode="letterbox" if task == "detect" else "stretch",
+        scale=1 / 255,
+        mean=[0.0, 0.0, 0.0],
+        std=[1.0, 1.0, 1.0],
+    )
+    return SourceModel(
+        location,
+        "ultralytics",
+        digest,
+        input_shape=[1, 3, int(imgsz[0]), int(imgsz[1])],
+        preprocessing=pre,
+        task=task,
+        labels=labels,
+        nms=NMSParams() if task == "detect" else None,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics():
+    """Ultralytics must neither phone home nor write settings into the user's home during a build."""
+    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_VERBOSE")}
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_VERBOSE"] = "False"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _load_ultralytics(location: str):
+    with _quiet_ultralytics():
+        from ultralytics import YOLO
+
+        try:
+            return YOLO(location)
+        except Exception as exc:
+            raise UserInputError(
+                f"cannot load Ultralytics model {location}: {exc}".splitlines()[0],
+                hint="check that the file is an Ultralytics checkpoint or model yaml",
+            ) from exc
+
+
+# ---------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------
+
+UNSUPPORTED_OP_RE = re.compile(r"(aten::[\w.]+|prim::[\w.]+|torch\.ops\.[\w.]+)")
+
+
+def _export_error(exc: Exception, source: SourceModel) -> ExportError:
+    text = str(exc)
+    match = UNSUPPORTED_OP_RE.search(text)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if match:
+        return ExportError(
+            f"cannot export {source.filename} to ONNX: operator {match.group(1)} is not supported ({first[:160]})",
+            hint="replace that operation in the model, or export it to ONNX yourself with a custom symbolic",
+        )
+    return ExportError(
+        f"cannot export {source.filename} to ONNX: {first[:200]}",
+        hint="export the model to ONNX yourself and pass the .onnx file",
+    )
+
+
+def _torch_export(module, source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    import torch
+
+    example = torch.zeros(*shape)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (example,),
+                str(dest),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        raise _export_error(exc, source) from exc
+
+
+def _export_torchscript(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    import torch
+
+    module = torch.jit.load(source.location, map_location="cpu").eval()
+    _torch_export(module, source, shape, dest, opset)
+
+
+def _export_torch_export(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    import torch
+
+    program = torch.export.load(source.location)
+    _torch_export(program.module(), source, shape, dest, opset)
+
+
+def load_entrypoint(source: SourceModel):
+    import importlib
+
+    import torch
+
+    module_name, factory_name = source.location.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as exc:
+        raise UserInputError(
+            f"cannot import {source.location}: {exc}", hint="is the package importable (PYTHONPATH)?"
+        ) from exc
+    model = factory()
+    try:
+        state = torch.load(source.weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise UserInputError(
+            f"cannot load weights {source.weights} into {source.location}: {str(exc).splitlines()[0][:200]}",
+            hint="save them with torch.save(model.state_dict(), PATH) from the same model class",
+        ) from exc
+    return model.eval()
+
+
+def _export_entrypoint(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    _torch_export(load_entrypoint(source), source, shape, dest, opset)
+
+
+def _export_ultralytics(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    location = Path(source.location)
+    with tempfile.TemporaryDirectory(prefix="edgectl-yolo-") as tmp, _quiet_ultralytics():
+        work = Path(tmp)
+        # Ultralytics writes its export beside the source (or into the cwd for a yaml): never the user's folder.
+        local = work / location.name
+        if location.exists():
+            shutil.copy2(location, local)
+        cwd = Path.cwd()
+        os.chdir(work)
+        try:
+            model = _load_ultralytics(str(local) if location.exists() else source.location)
+            out = model.export(
+                format="onnx", imgsz=(shape[2], shape[3]), opset=opset, simplify=True, dynamic=False, batch=1
+            )
+        except Exception as exc:
+            raise _export_error(exc, source) from exc
+        finally:
+            os.chdir(cwd)
+        shutil.move(str(Path(work, out)), dest)
+
+
+def _export_onnx(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(source.location)
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise UserInputError(
+            f"{source.filename} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}",
+            hint="re-export the model",
+        ) from exc
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current > opset:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, opset)
+        except Exception as exc:
+            raise ExportError(
+                f"{source.filename} uses opset {current}; converting it down to {opset} failed: "
+                f"{str(exc).splitlines()[0][:160]}",
+                hint=f"export the model at opset {opset} or lower",
+            ) from exc
+    onnx.save(model, dest)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    detect: Callable[[Path], bool]
+    export: Callable[[SourceModel, list[int], Path, int], None]
+    needs: str  # module that must be importable
+
+
+# Order matters: the first kind whose detector accepts the file wins.
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "onnx": SourceKind(_is_onnx, _export_onnx, "onnx"),
+    "torch-export": SourceKind(_is_torch_export, _export_torch_export, "torch"),
+    "torchscript": SourceKind(_is_torchscript, _export_torchscript, "torch"),
+    "ultralytics": SourceKind(_is_ultralytics, _export_ultralytics, "ultralytics"),
+    "torch-entrypoint": SourceKind(lambda _p: False, _export_entrypoint, "torch"),
+}

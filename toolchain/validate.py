@@ -1,0 +1,120 @@
+"""Validation: an artifact against the FP32 source on the user's data. One place decides what fails.
+
+Task metrics are in points (percent): top-1 for classifiers, mAP50-95 and
+mAP50 for detectors. Fidelity compares raw outputs sample by sample. The gate
+is the drop of the task metric against `--max-drop`; without labeled data the
+gate falls back to fidelity on the calibration inputs, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgebundle.manifest import Fidelity, NMSParams, Task, ValidationReport
+
+# Without labels a classifier may disagree with FP32 on at most max_drop points of
+# samples; other tasks need this cosine between raw outputs (a weaker gate, stated in the notes).
+MIN_COSINE_WITHOUT_LABELS = 0.98
+# Ultralytics scores mAP with a near-zero confidence threshold; so do we, to stay comparable.
+MAP_CONF_THRESHOLD = 0.001
+
+
+@dataclass
+class EvalData:
+    """The samples an artifact is judged on, with labels when the user gave a validation set."""
+
+    kind: str  # "val" or "calib"
+    task: Task
+    inputs: np.ndarray
+    labels: np.ndarray | None = None
+    boxes: list[np.ndarray] | None = None
+    class_names: list[str] = field(default_factory=list)
+    num_classes: int = 0
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None or self.boxes is not None
+
+    @property
+    def metric(self) -> str | None:
+        if not self.labeled:
+            return None
+        return "top1" if self.task == "classify" else "mAP50-95"
+
+
+def task_metrics(outputs: list[np.ndarray], data: EvalData, nms: NMSParams | None) -> dict[str, float]:
+    if data.task == "classify" and data.labels is not None:
+        top1 = float(np.mean(outputs[0].reshape(len(data.labels), -1).argmax(axis=1) == data.labels))
+        return {"top1": round(100 * top1, 4)}
+    if data.task == "detect" and data.boxes is not None:
+        from toolchain.detection import decode_ultralytics, detection_metrics
+
+        params = nms or NMSParams()
+        predictions = [
+            decode_ultralytics(out[None], MAP_CONF_THRESHOLD, params.iou_threshold, params.max_detections)[0]
+            for out in outputs[0]
+        ]
+        scores = detection_metrics(predictions, data.boxes, data.num_classes)
+        return {k: round(100 * float(v), 4) for k, v in scores.items()}
+    return {}
+
+
+def fidelity(reference: list[np.ndarray], artifact: list[np.ndarray], task: Task) -> Fidelity:
+    ref = np.concatenate([r.reshape(len(r), -1) for r in reference], axis=1).astype(np.float64)
+    art = np.concatenate([a.reshape(len(a), -1) for a in artifact], axis=1).astype(np.float64)
+    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(art, axis=1)
+    cosine = np.where(denom > 0, (ref * art).sum(axis=1) / np.maximum(denom, 1e-30), 1.0)
+    agreement = None
+    if task == "classify":
+        first_ref = reference[0].reshape(len(reference[0]), -1)
+        first_art = artifact[0].reshape(len(artifact[0]), -1)
+        agreement = round(100 * float(np.mean(first_ref.argmax(1) == first_art.argmax(1))), 4)
+    return Fidelity(
+        cosine=round(float(cosine.mean()), 6),
+        max_abs_error=float(np.abs(ref - art).max()),
+        top1_agreement=agreement,
+    )
+
+
+def judge(
+    data: EvalData,
+    reference_outputs: list[np.ndarray],
+    reference_metrics: dict[str, float],
+    artifact_outputs: list[np.ndarray],
+    nms: NMSParams | None,
+    max_drop: float,
+) -> ValidationReport:
+    """Score an artifact's outputs and decide pass or fail; the caller decides what failing means."""
+    fid = fidelity(reference_outputs, artifact_outputs, data.task)
+    artifact_metrics = task_metrics(artifact_outputs, data, nms)
+    notes: list[str] = []
+    drop = None
+    if data.metric:
+        drop = round(reference_metrics[data.metric] - artifact_metrics[data.metric], 4)
+        passed = drop <= max_drop
+    elif data.task == "classify":
+        notes.append(
+            "no --val data: task metric not measured; gated on top-1 agreement with FP32 on --calib inputs"
+        )
+        passed = fid.top1_agreement is not None and 100 - fid.top1_agreement <= max_drop
+    else:
+        notes.append(
+            f"no labeled --val data: task metric not measured; gated on output cosine >= "
+            f"{MIN_COSINE_WITHOUT_LABELS} against FP32 on --calib inputs"
+        )
+        passed = fid.cosine >= MIN_COSINE_WITHOUT_LABELS
+    return ValidationReport(
+        data="val" if data.kind == "val" else "calib",
+        samples=len(data.inputs),
+        task=data.task,
+        metric=data.metric,
+        reference=reference_metrics,
+        artifact=artifact_metrics,
+        drop_points=drop,
+        max_drop_points=max_drop,
+        fidelity=fid,
+        passed=passed,
+        notes=notes,
+    )
