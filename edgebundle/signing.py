@@ -228,7 +228,7 @@ def parse_manifest_bytes(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
     try:
         text = data.decode("utf-8")
         raw = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ManifestError(
             f"{where} is not valid JSON: {exc}", hint="rebuild or re-download the bundle"
         ) from exc
@@ -342,6 +342,6 @@ def _peek_key_id(manifest_bytes: bytes) -> str | None:
     """Best effort, for the error message only: the key id an (unverified) manifest claims."""
     try:
         value = json.loads(manifest_bytes.decode("utf-8")).get("key_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) else None

@@ -71,6 +71,10 @@ def get_profile(name: str) -> TargetProfile:
     profiles = load_profiles()
     if name in profiles:
         return profiles[name]
-    close = difflib.get_close_matches(name, list(profiles), n=1, cutoff=0.5)
-    suggestion = f"; did you mean '{close[0]}'?" if close else ""
+    close = sorted(difflib.get_close_matches(name, list(profiles), n=3, cutoff=0.5))
+    suggestion = ""
+    if len(close) == 1:
+        suggestion = f"; did you mean '{close[0]}'?"
+    elif close:
+        suggestion = "; did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"
     raise UnknownTargetError(f"unknown target '{name}'{suggestion} (run 'edgectl targets' to list them)")

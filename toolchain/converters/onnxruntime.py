@@ -67,7 +67,14 @@ class OnnxRuntimeConverter(Converter):
             outcome = repair.search_keep_float(
                 [name for name, _ in ranked], quantize_keep_float, ctx.evaluate
             )
+            metric = report.metric or "cosine"
+            full_int8 = {
+                "kept_float": 0,
+                metric: report.artifact.get(metric, report.fidelity.cosine),
+                "passed": "false",
+            }
             layer_repair = outcome.summary(len(ranked))
+            layer_repair.attempts.insert(0, full_int8)
             if outcome.path is not None:
                 result_path, report = outcome.path, outcome.report
             else:

@@ -1,0 +1,1 @@
+"""Reserved for the device_agent issue; nothing here yet (see README's feature table)."""

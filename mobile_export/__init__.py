@@ -1,0 +1,1 @@
+"""Reserved for the mobile_export issue; nothing here yet (see README's feature table)."""

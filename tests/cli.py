@@ -1,0 +1,31 @@
+"""Run the real CLI entry point in-process and capture what a user would see."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith(("error:", "hint:"))]
+
+
+def run(capsys: pytest.CaptureFixture, *args: object) -> Result:
+    from toolchain.cli.main import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)

@@ -1,0 +1,116 @@
+"""`edgectl build --target cpu` end to end on the digits CNN: real export, real INT8, real ORT."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.cli import run
+
+
+@pytest.fixture(scope="module")
+def built(digits, keys, tmp_path_factory):
+    """INT8 and FP32 bundles of the digits model, built once through the CLI."""
+    out = tmp_path_factory.mktemp("bundles")
+    from toolchain.cli.main import main
+
+    common = ["--target", "cpu", "--calib", digits.calib, "--val", digits.val, "--input-shape", "1,1,32,32",
+              "--sign-key", keys[0], "--out", out, "--max-drop", "0.5", "--bench-runs", "20"]  # fmt: skip
+    assert main(["build", str(digits.model), "--precision", "int8", "--name", "digits", *map(str, common)]) == 0
+    assert main(["build", str(digits.model), "--precision", "fp32", "--name", "digits32", *map(str, common)]) == 0
+    return out
+
+
+def test_int8_keeps_accuracy_and_is_smaller_than_fp32(built):
+    from edgebundle import read_manifest
+
+    int8 = read_manifest(built / "digits-v1-cpu")
+    fp32 = read_manifest(built / "digits32-v1-cpu")
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    report = int8.validation
+    assert report.data == "val" and report.metric == "top1" and report.samples > 500
+    assert report.reference["top1"] > 95.0
+    assert report.drop_points <= 0.5
+    assert report.passed
+    assert int8.benchmark.artifact_bytes < fp32.benchmark.artifact_bytes / 3
+    # the INT8 artifact really is quantized: QDQ nodes around per-channel int8 weights
+    graph = onnx.load(str(built / "digits-v1-cpu" / "model.onnx")).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 6
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) >= 12
+
+
+def test_manifest_records_preprocessing_source_and_labels(built, digits):
+    from edgebundle import read_manifest
+
+    manifest = read_manifest(built / "digits-v1-cpu")
+    assert manifest.preprocessing.color == "GRAY"
+    assert manifest.preprocessing.layout == "NCHW"
+    assert manifest.preprocessing.resize == (32, 32)
+    assert manifest.postprocessing.labels == [str(i) for i in range(10)]
+    assert manifest.source.kind == "torchscript"
+    assert manifest.artifacts[0].inputs[0].shape == [1, 1, 32, 32]
+    assert {f.path for f in manifest.files} == {"model.onnx", "labels.txt"}
+    assert manifest.toolchain.versions["onnxruntime"]
+
+
+def test_verify_inspect_bench(built, keys, capsys):
+    bundle = built / "digits-v1-cpu.edgebundle"
+    result = run(capsys, "verify", bundle, "--public-key", keys[1], "--json")
+    assert result.code == 0 and result.json()["verified"] is True
+    result = run(capsys, "inspect", bundle, "--json")
+    assert result.code == 0 and result.json()["manifest"]["target"] == "cpu"
+    result = run(capsys, "bench", built / "digits-v1-cpu", "--runs", "10", "--json")
+    assert result.code == 0
+    bench = result.json()["benchmark"]
+    assert bench["runs"] == 10 and bench["latency_ms_p50"] > 0 and bench["peak_memory_mb"] >= 0
+    result = run(capsys, "bench", bundle, "--runs", "5", "--public-key", keys[1])
+    assert result.code == 0 and "p50" in result.out
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "labels.txt", "manifest.json", "manifest.sig"])
+@pytest.mark.parametrize("where", [0, 1, -1])
+def test_tampering_any_file_fails_verify(built, keys, capsys, tmp_path, name, where):
+    copy = tmp_path / "bundle"
+    shutil.copytree(built / "digits-v1-cpu", copy)
+    size = (copy / name).stat().st_size
+    _flip(copy / name, where if where >= 0 else size // 2)
+    result = run(capsys, "verify", copy, "--public-key", keys[1])
+    assert result.code != 0
+    assert result.error_lines and result.error_lines[0].startswith("error:")
+
+
+def test_tampering_every_byte_position_of_the_archive_fails(built, keys, capsys, tmp_path):
+    archive = built / "digits-v1-cpu.edgebundle"
+    size = archive.stat().st_size
+    for offset in (20, size // 4, size // 2, size - 12):
+        copy = tmp_path / f"b{offset}.edgebundle"
+        shutil.copyfile(archive, copy)
+        _flip(copy, offset)
+        assert run(capsys, "verify", copy, "--public-key", keys[1]).code != 0, offset
+
+
+def test_another_key_does_not_verify(built, capsys, tmp_path):
+    from edgebundle import generate_keypair
+
+    _, other = generate_keypair(tmp_path / "other")
+    result = run(capsys, "verify", built / "digits-v1-cpu", "--public-key", other)
+    assert result.code != 0 and "signature" in result.err
+
+
+def test_export_is_cached_across_builds(digits, keys, tmp_path):
+    from toolchain.pipeline import BuildRequest, build
+
+    request = BuildRequest(model=str(digits.model), targets=["cpu"], precision="fp32", input_shape=[1, 1, 32, 32],
+                           sign_key=keys[0], out=tmp_path, bench_runs=2)  # fmt: skip
+    build(request)
+    (second,) = build(request.model_copy(update={"version": 2}))
+    assert second.export_cached

@@ -1,0 +1,42 @@
+"""Registries and tests cannot drift apart: every converter and runner has its own test module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolchain.converters import CONVERTERS, KNOWN_RUNTIMES, Converter, register
+from toolchain.runners import RUNNERS
+
+TESTS = Path(__file__).parent
+# runtime -> the test module that builds a real artifact with that converter
+CONVERTER_TESTS = {"onnxruntime": "test_build_cpu.py"}
+
+
+def test_every_converter_has_its_own_end_to_end_test():
+    assert set(CONVERTERS) == set(CONVERTER_TESTS), "add a test module for the new converter to CONVERTER_TESTS"
+    for runtime, module in CONVERTER_TESTS.items():
+        assert (TESTS / module).is_file(), runtime
+
+
+def test_every_converter_can_be_validated_on_the_host():
+    assert set(CONVERTERS) <= set(RUNNERS)
+
+
+def test_registering_an_unknown_runtime_fails_at_registration():
+    with pytest.raises(ValueError, match="unknown runtime"):
+
+        @register
+        class _Bogus(Converter):
+            runtime = "warp-drive"
+
+
+def test_registering_twice_fails():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register
+        class _Again(Converter):
+            runtime = "onnxruntime"
+
+    assert "warp-drive" not in KNOWN_RUNTIMES
