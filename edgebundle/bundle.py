@@ -412,6 +412,8 @@ def _members(archive: Path, max_bytes: int) -> Iterator[tuple[tarfile.TarFile, t
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             top = None
             total = 0
+            seen: set[str] = set()
+            files: set[str] = set()
             for count, member in enumerate(tar, start=1):
                 if count > MAX_MEMBERS:
                     raise ArchiveError(f"{label} has more than {MAX_MEMBERS} members", hint="not a bundle")
@@ -420,6 +422,11 @@ def _members(archive: Path, max_bytes: int) -> Iterator[tuple[tarfile.TarFile, t
                     top = parts[0]
                 elif parts[0] != top:
                     raise ArchiveError(f"{label} has more than one top-level folder ({top!r}, {parts[0]!r})")
+                if member.name in seen or any("/".join(parts[:i]) in files for i in range(1, len(parts))):
+                    raise ArchiveError(
+                        f"{label} holds {member.name!r} twice, or as both a file and a folder", hint=_REBUILD
+                    )
+                seen.add(member.name)
                 if member.type == tarfile.DIRTYPE:
                     yield tar, member, parts[1:]
                     continue
@@ -430,6 +437,7 @@ def _members(archive: Path, max_bytes: int) -> Iterator[tuple[tarfile.TarFile, t
                     )
                 if len(parts) == 1:
                     raise ArchiveError(f"{label} holds a file {member.name!r} outside its top-level folder")
+                files.add(member.name)
                 total += member.size
                 if total > max_bytes:
                     raise ArchiveError(f"{label} unpacks to more than {max_bytes} bytes")

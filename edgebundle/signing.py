@@ -147,7 +147,7 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
             hint=_GENERATE_HINT,
         ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path} is not a PEM private key", hint=_GENERATE_HINT) from exc
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key", hint=_GENERATE_HINT) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(
             f"{path} is a {_kind(key)} key; bundles are signed with Ed25519 keys", hint=_GENERATE_HINT

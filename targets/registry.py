@@ -1,7 +1,8 @@
-"""Loading target profiles: the shipped ones, plus any folder in EDGECTL_TARGETS_PATH.
+"""Loading target profiles: the shipped ones, plus any folder in EDGECTL_TARGETS_PATH or passed in.
 
-Adding a device of a known runtime is one YAML file, shipped here or kept by
-the user in their own folder; a user profile of the same name wins.
+Adding a device of a known runtime is one YAML file, shipped here or kept by the user in
+their own folder. Precedence, lowest first: shipped profiles, then the EDGECTL_TARGETS_PATH
+folders in order, then `extra_dirs` in order; a later profile of the same name wins.
 """
 
 from __future__ import annotations
@@ -25,22 +26,39 @@ class UnknownTargetError(ValueError):
 
 
 class ProfileError(ValueError):
-    """A profile file that does not parse or validate."""
+    """A profile file that does not parse or validate, or a profile folder that is not there."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        return f"{exc.problem}{where}"
+    return _one_line(exc)
 
 
 def load_profile_file(path: Path) -> TargetProfile:
+    """Parse and validate one profile file; its stem must equal the profile's name."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProfileError(f"target profile {path}: cannot read it: {str(exc).splitlines()[0]}") from exc
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"target profile {path}: cannot read it: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"target profile {path}: not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
-        raise ProfileError(f"target profile {path}: expected a mapping of fields")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ProfileError(f"target profile {path}: expected a mapping of fields, got {got}")
     try:
         profile = TargetProfile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        first = errors[0]
         where = ".".join(str(p) for p in first["loc"]) or "profile"
-        raise ProfileError(f"target profile {path}: {where}: {first['msg']}") from exc
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ProfileError(f"target profile {path}: {where}: {_one_line(first['msg'])}{more}") from exc
     if profile.name != path.stem:
         raise ProfileError(
             f"target profile {path}: name '{profile.name}' must match the file name '{path.stem}'"
@@ -57,24 +75,49 @@ def _shipped() -> dict[str, TargetProfile]:
     return _load_dir(SHIPPED_DIR)
 
 
+def _env_dirs() -> list[Path]:
+    return [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
+
+
 def load_profiles(extra_dirs: list[Path] | None = None) -> dict[str, TargetProfile]:
+    """Every profile by name: shipped, then EDGECTL_TARGETS_PATH folders, then `extra_dirs`.
+
+    Only the shipped profiles are cached; user folders are read on every call, so a change
+    to the environment variable or to a user's files is seen at once.
+    """
     profiles = dict(_shipped())
-    env_dirs = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    for directory in [*env_dirs, *(extra_dirs or [])]:
+    sources = [(d, f"{ENV_VAR} names") for d in _env_dirs()]
+    sources += [(Path(d), "extra profile folder") for d in extra_dirs or []]
+    for directory, origin in sources:
         if not directory.is_dir():
-            raise ProfileError(f"{ENV_VAR} names {directory}, which is not a folder")
+            raise ProfileError(f"{origin} {directory}, which is not a folder")
         profiles.update(_load_dir(directory))
     return profiles
 
 
+def _suggestions(name: str, known: list[str]) -> list[str]:
+    """The closest names, several when about equally close ('rpi' -> rpi4, rpi5), at most five.
+
+    A name the query begins (3+ characters: 'stm32', 'jetson') counts as close too.
+    """
+    query = name.strip().lower()
+    picked = {k for k in known if len(query) >= 3 and k.startswith(query)}
+    close = difflib.get_close_matches(query, known, n=5, cutoff=0.6)
+    if close:
+        best = difflib.SequenceMatcher(None, query, close[0]).ratio()
+        picked |= {c for c in close if difflib.SequenceMatcher(None, query, c).ratio() >= best - 0.1}
+    return sorted(picked)[:5]
+
+
 def get_profile(name: str) -> TargetProfile:
+    """The profile called `name`; UnknownTargetError (with a did-you-mean) if there is none."""
     profiles = load_profiles()
     if name in profiles:
         return profiles[name]
-    close = sorted(difflib.get_close_matches(name, list(profiles), n=3, cutoff=0.5))
+    close = _suggestions(name, sorted(profiles))
     suggestion = ""
-    if len(close) == 1:
-        suggestion = f"; did you mean '{close[0]}'?"
-    elif close:
-        suggestion = "; did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"
+    if close:
+        quoted = [f"'{c}'" for c in close]
+        listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+        suggestion = f"; did you mean {listed}?"
     raise UnknownTargetError(f"unknown target '{name}'{suggestion} (run 'edgectl targets' to list them)")

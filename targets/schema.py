@@ -1,4 +1,7 @@
-"""The schema of a target profile. Code branches on these fields, never on a target's name."""
+"""The schema of a target profile. Code branches on these fields, never on a target's name.
+
+Imports pydantic and the stdlib only: the device agent reads profiles too.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "tflite", "tensorrt", "coreml", "tflite-micro"]
 ArtifactFormat = Literal["onnx", "tflite", "onnx+tensorrt-plan", "mlpackage", "tflite-micro"]
+Layout = Literal["NCHW", "NHWC"]
+
+# The artifact each runtime loads. A profile that pairs them differently is a typo, not a new target.
+ARTIFACT_FOR_RUNTIME: dict[str, str] = {
+    "onnxruntime": "onnx",
+    "tflite": "tflite",
+    "tensorrt": "onnx+tensorrt-plan",
+    "coreml": "mlpackage",
+    "tflite-micro": "tflite-micro",
+}
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 class _Frozen(BaseModel):
@@ -17,12 +32,14 @@ class _Frozen(BaseModel):
 
 
 class Accelerator(_Frozen):
+    """The device's inference accelerator, as the converters and build plans need to know it."""
+
     kind: Literal["gpu", "npu", "dla", "neural-engine", "dsp"]
     name: str
-    compute_capability: str | None = None
-    fast_fp16: bool
-    fast_int8: bool
-    dla_cores: int = Field(default=0, ge=0)
+    compute_capability: str | None = Field(default=None, description="CUDA compute capability, e.g. '5.3'.")
+    fast_fp16: bool = Field(description="FP16 runs faster than FP32 on this accelerator.")
+    fast_int8: bool = Field(description="INT8 runs faster than FP16 (DP4A, tensor cores, INT8 NPU paths).")
+    dla_cores: int = Field(default=0, ge=0, description="NVIDIA deep-learning accelerator cores.")
 
 
 class Hardware(_Frozen):
@@ -34,51 +51,70 @@ class Hardware(_Frozen):
 
 class InputConstraints(_Frozen):
     static_shapes: bool = True
-    layouts: list[Literal["NCHW", "NHWC"]] = Field(default_factory=lambda: ["NCHW", "NHWC"])
-    max_input_pixels: int | None = None
+    layouts: list[Layout] = Field(default_factory=lambda: ["NCHW", "NHWC"], min_length=1)
+    max_input_pixels: int | None = Field(default=None, ge=1)
 
 
 class TargetProfile(_Frozen):
-    name: str
+    """One kind of device: what runs there, in which format and precision, within which budgets."""
+
+    name: str = Field(description="Lowercase letters, digits and '-'; equals the YAML file's stem.")
     title: str
     description: str
     runtime: Runtime
     artifact_format: ArtifactFormat
     default_precision: Precision
-    precisions: list[Precision] = Field(min_length=1)
+    precisions: list[Precision] = Field(min_length=1, description="Supported precisions.")
     opset_ceiling: int = Field(
         ge=7, description="Highest ONNX opset the target's converter or runtime accepts."
     )
     threads: int | None = Field(default=None, ge=1, description="Inference threads; None = all host cores.")
     hardware: Hardware
+    # Budgets. memory_mb is the RAM the model and runtime may use (the board's RAM for SBCs).
     memory_mb: int | None = Field(default=None, ge=0)
     storage_mb: int | None = Field(default=None, ge=0)
     flash_kb: int | None = Field(default=None, ge=0)
     sram_kb: int | None = Field(default=None, ge=0)
     input_constraints: InputConstraints = Field(default_factory=InputConstraints)
     runtime_versions: dict[str, str] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
-    references: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict, description="Runtime-specific converter settings.")
+    references: list[str] = Field(
+        default_factory=list, description="Datasheets and docs the facts come from."
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
-            raise ValueError("name must be lowercase letters, digits and '-'")
+        if not _NAME.fullmatch(value):
+            raise ValueError("must be lowercase letters, digits and '-', starting with a letter or digit")
+        return value
+
+    @field_validator("precisions")
+    @classmethod
+    def _unique_precisions(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a precision twice: {value}")
         return value
 
     @model_validator(mode="after")
-    def _default_supported(self) -> TargetProfile:
+    def _consistent(self) -> TargetProfile:
         if self.default_precision not in self.precisions:
             raise ValueError(
                 f"default_precision {self.default_precision} is not in precisions {self.precisions}"
             )
+        expected = ARTIFACT_FOR_RUNTIME[self.runtime]
+        if self.artifact_format != expected:
+            raise ValueError(
+                f"runtime {self.runtime} loads artifact_format {expected!r}, not {self.artifact_format!r}"
+            )
+        if self.runtime == "tflite-micro" and (self.flash_kb is None or self.sram_kb is None):
+            raise ValueError("a tflite-micro target needs flash_kb and sram_kb budgets")
         return self
 
     def summary(self) -> dict[str, Any]:
+        """A flat row for `edgectl targets` (table and --json)."""
         return {
             "name": self.name,
-            "title": self.title,
             "runtime": self.runtime,
             "artifact_format": self.artifact_format,
             "default_precision": self.default_precision,

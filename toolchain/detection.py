@@ -69,15 +69,19 @@ def decode_ultralytics(
     conf_threshold: float = 0.25,
     iou_threshold: float = 0.7,
     max_detections: int = 300,
+    *,
+    multi_label: bool = False,
     max_candidates: int = 30000,
 ) -> list[np.ndarray]:
     """Decode the raw output of an Ultralytics YOLO detector (v8 / 11 style, NMS not exported).
 
     `output` has shape (batch, 4 + num_classes, anchors) (a single (4 + num_classes, anchors) image is
     accepted too): boxes as centre-x, centre-y, width, height in input pixels, then the per-class scores
-    (already sigmoid'ed). Each anchor keeps its best class (Ultralytics' multi_label=False) when that score is
-    above `conf_threshold`; the `max_candidates` best go through class-aware greedy NMS (a box is dropped when
-    its IoU with a better box of the same class exceeds `iou_threshold`), and at most `max_detections` survive.
+    (already sigmoid'ed). Each anchor keeps its best class (Ultralytics' default, multi_label=False) when that
+    score is above `conf_threshold`; with `multi_label=True` every (anchor, class) pair above the threshold is a
+    candidate, as in Ultralytics' validator (which reports slightly higher mAP that way). The
+    `max_candidates` best go through class-aware greedy NMS (a box is dropped when its IoU with a better box
+    of the same class exceeds `iou_threshold`), and at most `max_detections` survive.
 
     Returns one float32 array per image of shape (n, 6): x1, y1, x2, y2, score, class, best score first.
     """
@@ -91,18 +95,20 @@ def decode_ultralytics(
     results: list[np.ndarray] = []
     for image in out:
         cls_scores = image[4:]  # (nc, anchors)
-        best_class = cls_scores.argmax(axis=0)
-        best_score = cls_scores[best_class, np.arange(cls_scores.shape[1])]
-        candidates = np.flatnonzero(best_score > conf_threshold)
-        if candidates.size > max_candidates:
-            top = np.argsort(-best_score[candidates], kind="stable")[:max_candidates]
-            candidates = candidates[top]
-        if candidates.size == 0:
+        if multi_label:
+            anchors, classes = np.nonzero((cls_scores > conf_threshold).T)  # anchor-major, like torch.where
+        else:
+            best_class = cls_scores.argmax(axis=0)
+            anchors = np.flatnonzero(cls_scores.max(axis=0) > conf_threshold)
+            classes = best_class[anchors]
+        scores = cls_scores[classes, anchors].astype(np.float64)
+        if anchors.size > max_candidates:
+            top = np.argsort(-scores, kind="stable")[:max_candidates]
+            anchors, classes, scores = anchors[top], classes[top], scores[top]
+        if anchors.size == 0:
             results.append(np.zeros((0, 6), dtype=np.float32))
             continue
-        boxes = xywh_to_xyxy(image[:4, candidates].T.astype(np.float64))
-        scores = best_score[candidates].astype(np.float64)
-        classes = best_class[candidates]
+        boxes = xywh_to_xyxy(image[:4, anchors].T).astype(np.float64)
         # Class-aware NMS in one pass: shift each class into its own region of the plane so that boxes of
         # different classes can never overlap (Ultralytics does the same with a fixed 7680 px offset).
         span = max(float(np.abs(boxes).max()) * 2 + 1, 7680.0)
@@ -214,7 +220,7 @@ def detection_metrics(
         raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truths)} ground truth sets")
     n_t = len(IOU_THRESHOLDS)
     tps, confs, pred_classes, true_classes = [], [], [], []
-    for pred, gt in zip(predictions, ground_truths):
+    for pred, gt in zip(predictions, ground_truths, strict=True):
         pred = np.asarray(pred, dtype=np.float64).reshape(-1, 6)
         gt = np.asarray(gt, dtype=np.float64).reshape(-1, 5)
         if gt.size and (gt[:, 0].min() < 0 or gt[:, 0].max() >= num_classes):

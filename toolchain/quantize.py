@@ -17,9 +17,23 @@ from toolchain.deps import require
 # Op types whose quantization we rank and may keep in float. ORT quantizes more
 # (its registry has a default for the rest); these carry weights or mix ranges.
 QUANTIZABLE_OPS = (
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "Sigmoid", "MaxPool",
-    "AveragePool", "GlobalAveragePool", "Resize", "Split", "Softmax", "Relu", "Clip",
-)  # fmt: skip
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Concat",
+    "Sigmoid",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Resize",
+    "Split",
+    "Softmax",
+    "Relu",
+    "Clip",
+)
 
 
 class ArrayCalibrationReader:

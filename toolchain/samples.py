@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 SHAPE_NAMES = {0: "square", 1: "circle", 2: "triangle"}
 _MAX_TRIES = 60  # placement attempts per shape before giving up on it
-_MAX_BOX_IOU = 0.25  # shapes may overlap, but each must stay mostly visible
+_MAX_OVERLAP = 0.3  # shapes may overlap, but at most 30% of the smaller one's box is covered
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -83,10 +82,8 @@ def _draw_image(rng: np.random.Generator, imgsz: int):
         kind = int(rng.integers(0, 3))
         for _ in range(_MAX_TRIES):
             side = rng.uniform(0.12, 0.45) * imgsz
-            if kind == 2 and rng.random() < 0.5:  # triangles sometimes stretched a little
-                aspect = rng.uniform(0.75, 1.33)
-            else:
-                aspect = 1.0
+            stretch = kind == 2 and rng.random() < 0.5  # triangles sometimes stretched a little
+            aspect = rng.uniform(0.75, 1.33) if stretch else 1.0
             w, h = side * min(aspect, 1.0), side / max(aspect, 1.0)
             x, y = rng.uniform(0, imgsz - w), rng.uniform(0, imgsz - h)
             mask = Image.new("L", (imgsz, imgsz), 0)
@@ -102,10 +99,7 @@ def _draw_image(rng: np.random.Generator, imgsz: int):
             box = mask.getbbox()  # tight box of the drawn pixels, right/bottom exclusive
             if box is None or box[2] - box[0] < 4 or box[3] - box[1] < 4:
                 continue
-            if any(
-                _iou(box, other) > _MAX_BOX_IOU or _contains(other, box) or _contains(box, other)
-                for other in boxes
-            ):
+            if any(_overlap(box, other) > _MAX_OVERLAP for other in boxes):
                 continue
             image.paste(_shape_colour(rng, background), (0, 0), mask)
             boxes.append(box)
@@ -119,16 +113,12 @@ def _draw_image(rng: np.random.Generator, imgsz: int):
     return image, np.asarray(labels, dtype=np.float64).reshape(-1, 5)
 
 
-def _iou(a: tuple, b: tuple) -> float:
+def _overlap(a: tuple, b: tuple) -> float:
+    """Intersection of two boxes over the smaller one's area: 1 when one box holds the other."""
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
-def _contains(outer: tuple, inner: tuple) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller if smaller else 1.0
 
 
 def make_shapes_detection_dataset(
@@ -139,7 +129,8 @@ def make_shapes_detection_dataset(
     Layout: images/{train,val}/*.png, labels/{train,val}/*.txt (`class cx cy w h`, normalised, one line per
     shape) and data.yaml (absolute `path`, `train: images/train`, `val: images/val`,
     names 0 square, 1 circle, 2 triangle). Each imgsz x imgsz image holds 1 to 4 filled shapes of 12-45% of the
-    side in a random colour on a noisy textured background; shapes may overlap a little (box IoU <= 0.25).
+    side in a random colour on a noisy textured background; shapes may overlap a little (at most 30% of
+    the smaller box). Labels are the exact tight boxes of the drawn shapes.
     Same arguments, same bytes.
     """
     import yaml
@@ -163,11 +154,29 @@ def make_shapes_detection_dataset(
 
 
 def _offline_environment(out_dir: Path) -> None:
-    """Keep Ultralytics off the network and out of the user's settings (must run before it is imported)."""
+    """Keep Ultralytics off the network and out of the user's settings.
+
+    Ultralytics reads both variables when it is first imported, so this only helps when it is not imported
+    yet; callers that import it earlier should set YOLO_OFFLINE=1 and YOLO_CONFIG_DIR themselves.
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     if "YOLO_CONFIG_DIR" not in os.environ:
-        config_dir = Path(tempfile.mkdtemp(prefix="yolo-config-", dir=out_dir))
+        config_dir = out_dir / ".yolo-config"
+        config_dir.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+
+
+# Tuned for the shapes dataset at 96 px on 2 CPU cores (30 epochs x 256 images: ~2 min, mAP50-95 ~0.55).
+# The big lever is nbs (nominal batch size): Ultralytics accumulates gradients up to nbs=64 images per step,
+# which leaves a short CPU run with only ~4 optimizer steps per epoch; stepping every batch trains ~4x faster.
+# Mosaic at 96 px mostly shows fragments of shapes, and a short AdamW warm-up is enough from scratch.
+TRAIN_DEFAULTS: dict = {
+    "optimizer": "AdamW",
+    "lr0": 0.002,
+    "warmup_epochs": 1,
+    "mosaic": 0.0,
+    "close_mosaic": 0,
+}
 
 
 def train_tiny_yolo(
@@ -179,43 +188,44 @@ def train_tiny_yolo(
     imgsz: int = 96,
     seed: int = 0,
     batch: int = 16,
+    **train_args,
 ) -> Path:
     """Train an Ultralytics YOLO detector from scratch (`model_yaml`, never hub weights) on the CPU, offline.
 
-    Runs under `out_dir/train` (overwritten), validating only after the last epoch, without plots, AMP or
-    data loader workers; returns the best checkpoint (the last one when no best was written).
+    Runs under `out_dir/train` (overwritten), validating only after the last epoch, without plots, AMP,
+    data loader workers or downloads; `train_args` override any Ultralytics training argument (see
+    TRAIN_DEFAULTS for the tuned ones). Returns the best checkpoint (the last one when no best was written).
+    With the defaults, on the default shapes dataset and 2 CPU cores: about 2 minutes, mAP50-95 about 0.55.
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     _offline_environment(out_dir)
     from ultralytics import YOLO
 
-    model = YOLO(model_yaml, task="detect")
-    model.train(
-        data=str(Path(data_yaml).resolve()),
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        seed=seed,
-        deterministic=True,
-        device="cpu",
-        workers=0,
-        amp=False,
-        plots=False,
-        val=False,  # validate only after the final epoch
-        cache="ram",
-        project=str(out_dir),
-        name="train",
-        exist_ok=True,
-        verbose=False,
-        **_TRAIN_OVERRIDES,
-    )
+    args = {
+        "data": str(Path(data_yaml).resolve()),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "nbs": batch,  # one optimizer step per batch (see TRAIN_DEFAULTS)
+        "seed": seed,
+        "deterministic": True,
+        "device": "cpu",
+        "workers": 0,
+        "amp": False,
+        "plots": False,
+        "val": False,  # validate only after the final epoch
+        "cache": "ram",
+        "project": str(out_dir),
+        "name": "train",
+        "exist_ok": True,
+        "verbose": False,
+        **TRAIN_DEFAULTS,
+        **train_args,
+    }
+    YOLO(model_yaml, task="detect").train(**args)
     weights = out_dir / "train" / "weights"
     for name in ("best.pt", "last.pt"):
         if (weights / name).is_file():
             return weights / name
     raise RuntimeError(f"training finished without a checkpoint in {weights}")
-
-
-# Hyper-parameters tuned for a 96 px shapes dataset on 2 CPU cores (see train_tiny_yolo).
-_TRAIN_OVERRIDES: dict = {}

@@ -17,10 +17,31 @@ def built(digits, keys, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
     from toolchain.cli.main import main
 
-    common = ["--target", "cpu", "--calib", digits.calib, "--val", digits.val, "--input-shape", "1,1,32,32",
-              "--sign-key", keys[0], "--out", out, "--max-drop", "0.5", "--bench-runs", "20"]  # fmt: skip
-    assert main(["build", str(digits.model), "--precision", "int8", "--name", "digits", *map(str, common)]) == 0
-    assert main(["build", str(digits.model), "--precision", "fp32", "--name", "digits32", *map(str, common)]) == 0
+    common = [
+        "--target",
+        "cpu",
+        "--calib",
+        digits.calib,
+        "--val",
+        digits.val,
+        "--input-shape",
+        "1,1,32,32",
+        "--sign-key",
+        keys[0],
+        "--out",
+        out,
+        "--max-drop",
+        "0.5",
+        "--bench-runs",
+        "20",
+    ]
+    assert (
+        main(["build", str(digits.model), "--precision", "int8", "--name", "digits", *map(str, common)]) == 0
+    )
+    assert (
+        main(["build", str(digits.model), "--precision", "fp32", "--name", "digits32", *map(str, common)])
+        == 0
+    )
     return out
 
 
@@ -109,8 +130,15 @@ def test_another_key_does_not_verify(built, capsys, tmp_path):
 def test_export_is_cached_across_builds(digits, keys, tmp_path):
     from toolchain.pipeline import BuildRequest, build
 
-    request = BuildRequest(model=str(digits.model), targets=["cpu"], precision="fp32", input_shape=[1, 1, 32, 32],
-                           sign_key=keys[0], out=tmp_path, bench_runs=2)  # fmt: skip
+    request = BuildRequest(
+        model=str(digits.model),
+        targets=["cpu"],
+        precision="fp32",
+        input_shape=[1, 1, 32, 32],
+        sign_key=keys[0],
+        out=tmp_path,
+        bench_runs=2,
+    )
     build(request)
     (second,) = build(request.model_copy(update={"version": 2}))
     assert second.export_cached

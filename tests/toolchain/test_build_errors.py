@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from tests.cli import run
 
 
 def _base(digits, keys, out) -> list:
-    return ["--calib", digits.calib, "--val", digits.val, "--input-shape", "1,1,32,32",
-            "--sign-key", keys[0], "--out", out]  # fmt: skip
+    return [
+        "--calib",
+        digits.calib,
+        "--val",
+        digits.val,
+        "--input-shape",
+        "1,1,32,32",
+        "--sign-key",
+        keys[0],
+        "--out",
+        out,
+    ]
 
 
 def _assert_clean_failure(result, *needles: str) -> None:
@@ -32,7 +41,9 @@ def _no_bundle_left(out: Path) -> None:
 
 
 def test_unknown_target_suggests_the_close_one(digits, keys, tmp_path, capsys):
-    result = run(capsys, "build", digits.model, "--target", "jetson-nan", *_base(digits, keys, tmp_path / "o"))
+    result = run(
+        capsys, "build", digits.model, "--target", "jetson-nan", *_base(digits, keys, tmp_path / "o")
+    )
     assert result.code != 0
     assert "did you mean 'jetson-nano'" in result.err
 
@@ -43,7 +54,9 @@ def test_target_without_converter_says_so(digits, keys, tmp_path, capsys):
 
 
 def test_unsupported_precision(digits, keys, tmp_path, capsys):
-    result = run(capsys, "build", digits.model, "-t", "cpu", "--precision", "fp16", *_base(digits, keys, tmp_path))
+    result = run(
+        capsys, "build", digits.model, "-t", "cpu", "--precision", "fp16", *_base(digits, keys, tmp_path)
+    )
     _assert_clean_failure(result, "does not support --precision fp16")
 
 
@@ -75,8 +88,21 @@ class _SvdModel(torch.nn.Module):
 def test_export_failure_names_the_operator(digits, keys, tmp_path, capsys):
     path = tmp_path / "svd.pt"
     torch.jit.save(torch.jit.trace(_SvdModel(), torch.rand(1, 1, 32, 32)), str(path))
-    result = run(capsys, "build", path, "-t", "cpu", "--precision", "fp32", "--input-shape", "1,1,32,32",
-                 "--sign-key", keys[0], "--out", tmp_path / "o")  # fmt: skip
+    result = run(
+        capsys,
+        "build",
+        path,
+        "-t",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--input-shape",
+        "1,1,32,32",
+        "--sign-key",
+        keys[0],
+        "--out",
+        tmp_path / "o",
+    )
     _assert_clean_failure(result, "aten::linalg_svd")
     _no_bundle_left(tmp_path / "o")
 
@@ -92,8 +118,21 @@ def test_calibration_of_the_wrong_shape(digits, keys, tmp_path, capsys):
 
 
 def test_int8_without_calibration_data(digits, keys, tmp_path, capsys):
-    result = run(capsys, "build", digits.model, "-t", "cpu", "--precision", "int8", "--input-shape", "1,1,32,32",
-                 "--sign-key", keys[0], "--out", tmp_path / "o")  # fmt: skip
+    result = run(
+        capsys,
+        "build",
+        digits.model,
+        "-t",
+        "cpu",
+        "--precision",
+        "int8",
+        "--input-shape",
+        "1,1,32,32",
+        "--sign-key",
+        keys[0],
+        "--out",
+        tmp_path / "o",
+    )
     _assert_clean_failure(result, "never invents")
 
 

@@ -23,7 +23,15 @@ def test_targets_json_is_stable(capsys):
     rows = {row["name"]: row for row in document["targets"]}
     assert rows["cpu"]["converter_available"] is True
     assert rows["jetson-nano"]["default_precision"] == "fp16"
-    assert set(rows["cpu"]) >= {"runtime", "artifact_format", "precisions", "memory_mb", "storage_mb", "flash_kb", "sram_kb"}
+    assert set(rows["cpu"]) >= {
+        "runtime",
+        "artifact_format",
+        "precisions",
+        "memory_mb",
+        "storage_mb",
+        "flash_kb",
+        "sram_kb",
+    }
 
 
 def test_targets_table(capsys):

@@ -50,7 +50,11 @@ def test_decode_iou_threshold_is_respected():
 
 def test_decode_below_threshold_dropped_and_best_class_only():
     out = _raw_output(
-        [(20, 20, 10, 10, [0.2, 0.1, 0.0]), (70, 70, 10, 10, [0.3, 0.6, 0.4]), (40, 70, 8, 8, [0.0, 0.0, 0.25])],
+        [
+            (20, 20, 10, 10, [0.2, 0.1, 0.0]),
+            (70, 70, 10, 10, [0.3, 0.6, 0.4]),
+            (40, 70, 8, 8, [0.0, 0.0, 0.25]),
+        ],
         nc=3,
     )
     (det,) = decode_ultralytics(out, conf_threshold=0.25)
@@ -72,7 +76,8 @@ def test_decode_max_detections_and_batch():
     np.testing.assert_allclose(dets[0][:, 4], top, rtol=1e-6)
 
 
-def test_decode_matches_ultralytics_nms():
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_decode_matches_ultralytics_nms(multi_label):
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchvision")
     from ultralytics.utils.nms import non_max_suppression
@@ -83,9 +88,10 @@ def test_decode_matches_ultralytics_nms():
     out[:, 0:2] = rng.uniform(0, 160, (2, 2, anchors))
     out[:, 2:4] = rng.uniform(5, 60, (2, 2, anchors))
     out[:, 4:] = rng.uniform(0, 1, (2, nc, anchors)) ** 3
-    ours = decode_ultralytics(out, conf_threshold=0.2, iou_threshold=0.5, max_detections=40)
-    theirs = non_max_suppression(torch.from_numpy(out), 0.2, 0.5, multi_label=False, max_det=40)
-    for a, b in zip(ours, theirs):
+    out[1, 4:, :100] = 0  # some anchors below threshold in every class
+    ours = decode_ultralytics(out, 0.2, 0.5, 40, multi_label=multi_label)
+    theirs = non_max_suppression(torch.from_numpy(out), 0.2, 0.5, multi_label=multi_label, max_det=40)
+    for a, b in zip(ours, theirs, strict=True):
         b = b.numpy()
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-4)
@@ -190,7 +196,9 @@ def _random_case(rng: np.random.Generator, images: int, nc: int):
                 w, h = x2 - x1, y2 - y1
                 jitter = rng.normal(0, 0.12, 4) * [w, h, w, h]
                 cls = c if rng.random() < 0.85 else rng.integers(0, nc)
-                rows.append([x1 + jitter[0], y1 + jitter[1], x2 + jitter[2], y2 + jitter[3], rng.random(), cls])
+                rows.append(
+                    [x1 + jitter[0], y1 + jitter[1], x2 + jitter[2], y2 + jitter[3], rng.random(), cls]
+                )
         for _ in range(int(rng.integers(0, 4))):
             x, y = rng.uniform(0, 300, 2)
             w, h = rng.uniform(10, 120, 2)
@@ -204,16 +212,16 @@ def _random_case(rng: np.random.Generator, images: int, nc: int):
 
 def _ultralytics_metrics(preds, gts):
     """The same figures through Ultralytics' own matcher and ap_per_class (as its DetectionValidator does)."""
-    import torch
     from types import SimpleNamespace
 
+    import torch
     from ultralytics.engine.validator import BaseValidator
     from ultralytics.utils.metrics import ap_per_class
     from ultralytics.utils.metrics import box_iou as torch_box_iou
 
     validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
     tps, confs, classes, targets = [], [], [], []
-    for pred, gt in zip(preds, gts):
+    for pred, gt in zip(preds, gts, strict=True):
         pred = pred[np.argsort(-pred[:, 4], kind="stable")]  # NMS output order: descending confidence
         if len(pred) and len(gt):
             iou = torch_box_iou(torch.from_numpy(gt[:, 1:]), torch.from_numpy(pred[:, :4]))
@@ -246,7 +254,7 @@ def test_metrics_match_ultralytics(seed):
     expected, expected_tp = _ultralytics_metrics(preds, gts)
 
     ours_tp = []
-    for pred, gt in zip(preds, gts):
+    for pred, gt in zip(preds, gts, strict=True):
         pred = pred[np.argsort(-pred[:, 4], kind="stable")]
         ours_tp.append(match_predictions(pred[:, 5], gt[:, 0], box_iou(gt[:, 1:], pred[:, :4])))
     np.testing.assert_array_equal(np.concatenate(ours_tp), expected_tp)

@@ -15,7 +15,9 @@ CONVERTER_TESTS = {"onnxruntime": "test_build_cpu.py"}
 
 
 def test_every_converter_has_its_own_end_to_end_test():
-    assert set(CONVERTERS) == set(CONVERTER_TESTS), "add a test module for the new converter to CONVERTER_TESTS"
+    assert set(CONVERTERS) == set(CONVERTER_TESTS), (
+        "add a test module for the new converter to CONVERTER_TESTS"
+    )
     for runtime, module in CONVERTER_TESTS.items():
         assert (TESTS / module).is_file(), runtime
 

@@ -1,0 +1,187 @@
+"""Benchmark: the demo model through every available target, FP32 vs the target's default precision,
+plus the YOLO case that motivates the accuracy gate (full INT8 vs repaired INT8).
+
+Writes benchmarks/results/build_targets.{json,md,png}. Figures are measured on
+the machine that runs the script; the host is recorded with them.
+
+    .venv/bin/python benchmarks/build_targets.py [--out benchmarks/results] [--skip-yolo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _row(result, build_seconds: float) -> dict:
+    manifest = result.manifest
+    report, bench = manifest.validation, manifest.benchmark
+    metric = report.metric
+    return {
+        "model": manifest.name,
+        "target": result.target,
+        "precision": result.precision,
+        "artifact_bytes": bench.artifact_bytes,
+        "metric": metric,
+        "fp32": report.reference.get(metric),
+        "artifact": report.artifact.get(metric),
+        "drop_points": report.drop_points,
+        "cosine": report.fidelity.cosine,
+        "p50_ms": bench.latency_ms_p50,
+        "p95_ms": bench.latency_ms_p95,
+        "throughput_per_s": bench.throughput_per_s,
+        "session_init_ms": bench.session_init_ms,
+        "peak_memory_mb": bench.peak_memory_mb,
+        "threads": bench.threads,
+        "layers_kept_float": report.repair.layers_kept_float if report.repair else [],
+        "repair_attempts": report.repair.attempts if report.repair else [],
+        "build_seconds": round(build_seconds, 1),
+    }
+
+
+def bench_digits(work: Path, key: Path, runs: int) -> list[dict]:
+    from targets import load_profiles
+    from toolchain.converters import CONVERTERS
+    from toolchain.demo import IMAGE_SIZE, train_digits_model
+    from toolchain.pipeline import BuildRequest, build
+
+    data = train_digits_model(work / "digits", epochs=12)
+    rows = []
+    for profile in sorted(
+        (p for p in load_profiles().values() if p.runtime in CONVERTERS), key=lambda p: p.name
+    ):
+        for precision in dict.fromkeys(["fp32", profile.default_precision]):
+            start = time.perf_counter()
+            (result,) = build(
+                BuildRequest(
+                    model=str(data.model),
+                    targets=[profile.name],
+                    precision=precision,
+                    calib=data.calib,
+                    val=data.val,
+                    max_drop=0.5,
+                    name=f"digits-{precision}",
+                    out=work / "bundles",
+                    sign_key=key,
+                    input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE],
+                    bench_runs=runs,
+                )
+            )
+            rows.append(_row(result, time.perf_counter() - start))
+    return rows
+
+
+def bench_yolo(work: Path, key: Path, runs: int) -> list[dict]:
+    """A YOLO11n trained here on generated shapes: FP32, then INT8 through the gate and its repair."""
+    from toolchain.pipeline import BuildRequest, build
+    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
+
+    data_yaml = make_shapes_detection_dataset(work / "shapes")
+    checkpoint = train_tiny_yolo(data_yaml, work / "yolo")
+    rows = []
+    for precision in ("fp32", "int8"):
+        start = time.perf_counter()
+        (result,) = build(
+            BuildRequest(
+                model=str(checkpoint),
+                targets=["cpu"],
+                precision=precision,
+                calib=data_yaml.parent / "images" / "train",
+                val=data_yaml,
+                max_drop=1.0,
+                name=f"yolo11n-shapes-{precision}",
+                out=work / "bundles",
+                sign_key=key,
+                bench_runs=runs,
+            )
+        )
+        rows.append(_row(result, time.perf_counter() - start))
+    return rows
+
+
+def write_markdown(rows: list[dict], host: str, path: Path) -> None:
+    lines = [
+        "# Build benchmark",
+        "",
+        f"Host: {host}. Latency with the target profile's threads; peak memory is what loading and "
+        "running the model adds to the runtime process.",
+        "",
+        "| model | target | precision | size KB | metric | FP32 | artifact | drop | p50 ms | p95 ms | init ms | peak MB | kept float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['target']} | {r['precision']} | {r['artifact_bytes'] / 1024:.0f} | {r['metric']} | "
+            f"{r['fp32']:.2f} | {r['artifact']:.2f} | {r['drop_points']:.2f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
+            f"{r['session_init_ms']:.0f} | {r['peak_memory_mb']:.1f} | {len(r['layers_kept_float'])} |"
+        )
+    repaired = [r for r in rows if r["repair_attempts"]]
+    for r in repaired:
+        lines += [
+            "",
+            f"## Accuracy repair of {r['model']} ({r['target']})",
+            "",
+            "| layers kept in float | " + r["metric"] + " | passed |",
+            "|---|---|---|",
+        ]
+        for attempt in r["repair_attempts"]:
+            lines.append(f"| {attempt['kept_float']} | {attempt[r['metric']]:.2f} | {attempt['passed']} |")
+        lines += ["", "Layers kept in float: " + ", ".join(f"`{n}`" for n in r["layers_kept_float"])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    labels = [f"{r['model']}\n{r['target']} {r['precision']}" for r in rows]
+    axes[0].bar(labels, [r["artifact_bytes"] / 1024 for r in rows], color="tab:blue")
+    axes[0].set_title("artifact size (KB)")
+    axes[1].bar(labels, [r["p50_ms"] for r in rows], color="tab:orange")
+    axes[1].set_title("p50 latency (ms)")
+    axes[2].bar(labels, [r["artifact"] for r in rows], color="tab:green")
+    axes[2].set_title("task metric of the artifact (points)")
+    for axis in axes:
+        axis.tick_params(axis="x", labelsize=7, rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--skip-yolo", action="store_true")
+    args = parser.parse_args()
+    from edgebundle import generate_keypair
+    from toolchain.benchmark import host_description
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgectl-bench-") as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("EDGECTL_CACHE_DIR", str(work / "cache"))
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "yolo-config"))
+        key, _ = generate_keypair(work / "keys")
+        rows = bench_digits(work, key, args.runs)
+        if not args.skip_yolo:
+            rows += bench_yolo(work, key, args.runs)
+    host = host_description()
+    (args.out / "build_targets.json").write_text(json.dumps({"host": host, "rows": rows}, indent=2) + "\n")
+    write_markdown(rows, host, args.out / "build_targets.md")
+    write_plot(rows, args.out / "build_targets.png")
+    print((args.out / "build_targets.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
