@@ -544,7 +544,7 @@ def read_manifest(bundle: Path) -> Manifest:
         return parse_manifest_bytes(data, str(bundle / MANIFEST_NAME))
     if not bundle.is_file():
         raise ManifestError(
-            f"no bundle at {bundle}", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
+            f"bundle {bundle} does not exist", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
         )
     members = _members(bundle, MAX_ARCHIVE_BYTES)
     try:
@@ -634,7 +634,7 @@ def verify_bundle(bundle: Path, public_key: Ed25519PublicKey, max_bytes: int = M
         return _verify_dir(bundle, public_key, str(bundle))
     if not bundle.is_file():
         raise ManifestError(
-            f"no bundle at {bundle}", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
+            f"bundle {bundle} does not exist", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
         )
     with tempfile.TemporaryDirectory(prefix="edgebundle-verify-") as tmp:
         root = Path(tmp) / "bundle"
@@ -656,7 +656,7 @@ def open_verified(
     bundle, dest = Path(bundle), Path(dest)
     if not bundle.exists():
         raise ManifestError(
-            f"no bundle at {bundle}", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
+            f"bundle {bundle} does not exist", hint=f"pass a bundle folder or its {ARCHIVE_SUFFIX} archive"
         )
     work = _prepare_dest(dest)
     try:

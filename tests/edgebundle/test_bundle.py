@@ -407,9 +407,9 @@ def test_wrong_key_fails(built, tmp_path: Path) -> None:
 
 def test_missing_bundle(tmp_path: Path, keypair) -> None:
     _, public = keypair
-    with pytest.raises(ManifestError, match="no bundle"):
+    with pytest.raises(ManifestError, match="does not exist"):
         verify_bundle(tmp_path / "nothing", public)
-    with pytest.raises(ManifestError, match="no bundle"):
+    with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "nothing")
     with pytest.raises(ManifestError, match="has no manifest"):
         read_manifest(tmp_path)

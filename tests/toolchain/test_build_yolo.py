@@ -21,8 +21,8 @@ def yolo(tmp_path_factory):
     from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
 
     root = tmp_path_factory.mktemp("yolo")
-    data_yaml = make_shapes_detection_dataset(root / "shapes", train=160, val=48)
-    checkpoint = train_tiny_yolo(data_yaml, root / "train", epochs=20)
+    data_yaml = make_shapes_detection_dataset(root / "shapes", val=48)
+    checkpoint = train_tiny_yolo(data_yaml, root / "train")
     return checkpoint, data_yaml
 
 
