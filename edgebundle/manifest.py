@@ -26,7 +26,8 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or infinity in a report is a bug upstream; refuse it here rather than sign it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TensorSpec(_Model):
@@ -194,8 +195,13 @@ class Manifest(_Model):
     def _artifacts_listed(self) -> Manifest:
         if not self.artifacts:
             raise ValueError("a manifest needs at least one artifact")
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("files lists a path twice")
+        if {MANIFEST_NAME, SIGNATURE_NAME} & set(paths):
+            raise ValueError("files must not list manifest.json or manifest.sig")
         if self.files:
-            listed = {f.path for f in self.files}
+            listed = set(paths)
             missing = [a.path for a in self.artifacts if a.path not in listed]
             if missing:
                 raise ValueError(f"artifacts missing from files: {missing}")

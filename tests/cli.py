@@ -29,3 +29,15 @@ def run(capsys: pytest.CaptureFixture, *args: object) -> Result:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
+
+
+def build_flags(keys, out, *, calib=None, val=None, shape: str = "1,1,32,32", **options: object) -> list:
+    """The flags of a digits build: input shape, key, output folder, data, and any `--option value`."""
+    flags: list = ["--input-shape", shape, "--sign-key", keys[0], "--out", out]
+    if calib is not None:
+        flags += ["--calib", calib]
+    if val is not None:
+        flags += ["--val", val]
+    for name, value in options.items():
+        flags += [f"--{name.replace('_', '-')}", value]
+    return flags

@@ -86,6 +86,8 @@ def decode_ultralytics(
     Returns one float32 array per image of shape (n, 6): x1, y1, x2, y2, score, class, best score first.
     """
     out = np.asarray(output)
+    if out.dtype != np.float64:
+        out = out.astype(np.float32, copy=False)  # fp16 models: decode in float32 like Ultralytics on CPU
     if out.ndim == 2:
         out = out[None]
     if out.ndim != 3 or out.shape[1] < 5:

@@ -17,7 +17,8 @@ from edgebundle.manifest import Fidelity, NMSParams, Task, ValidationReport
 # Without labels a classifier may disagree with FP32 on at most max_drop points of
 # samples; other tasks need this cosine between raw outputs (a weaker gate, stated in the notes).
 MIN_COSINE_WITHOUT_LABELS = 0.98
-# Ultralytics scores mAP with a near-zero confidence threshold; so do we, to stay comparable.
+# Ultralytics scores mAP with a near-zero confidence threshold and multi-label NMS; so do we, so the
+# figures match what Ultralytics users see for the same model and data.
 MAP_CONF_THRESHOLD = 0.001
 
 
@@ -53,7 +54,9 @@ def task_metrics(outputs: list[np.ndarray], data: EvalData, nms: NMSParams | Non
 
         params = nms or NMSParams()
         predictions = [
-            decode_ultralytics(out[None], MAP_CONF_THRESHOLD, params.iou_threshold, params.max_detections)[0]
+            decode_ultralytics(
+                out[None], MAP_CONF_THRESHOLD, params.iou_threshold, params.max_detections, multi_label=True
+            )[0]
             for out in outputs[0]
         ]
         scores = detection_metrics(predictions, data.boxes, data.num_classes)

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.cli import run
+from tests.cli import build_flags, run
 
 
 @pytest.fixture(scope="module")
@@ -17,24 +17,9 @@ def built(digits, keys, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
     from toolchain.cli.main import main
 
-    common = [
-        "--target",
-        "cpu",
-        "--calib",
-        digits.calib,
-        "--val",
-        digits.val,
-        "--input-shape",
-        "1,1,32,32",
-        "--sign-key",
-        keys[0],
-        "--out",
-        out,
-        "--max-drop",
-        "0.5",
-        "--bench-runs",
-        "20",
-    ]
+    common = build_flags(
+        keys, out, calib=digits.calib, val=digits.val, target="cpu", max_drop="0.5", bench_runs="20"
+    )
     assert (
         main(["build", str(digits.model), "--precision", "int8", "--name", "digits", *map(str, common)]) == 0
     )

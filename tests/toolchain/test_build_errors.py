@@ -7,22 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.cli import run
+from tests.cli import build_flags, run
 
 
-def _base(digits, keys, out) -> list:
-    return [
-        "--calib",
-        digits.calib,
-        "--val",
-        digits.val,
-        "--input-shape",
-        "1,1,32,32",
-        "--sign-key",
-        keys[0],
-        "--out",
-        out,
-    ]
+def _base(digits, keys, out, **changes) -> list:
+    return build_flags(keys, out, **{"calib": digits.calib, "val": digits.val, **changes})
 
 
 def _assert_clean_failure(result, *needles: str) -> None:
@@ -89,19 +78,7 @@ def test_export_failure_names_the_operator(digits, keys, tmp_path, capsys):
     path = tmp_path / "svd.pt"
     torch.jit.save(torch.jit.trace(_SvdModel(), torch.rand(1, 1, 32, 32)), str(path))
     result = run(
-        capsys,
-        "build",
-        path,
-        "-t",
-        "cpu",
-        "--precision",
-        "fp32",
-        "--input-shape",
-        "1,1,32,32",
-        "--sign-key",
-        keys[0],
-        "--out",
-        tmp_path / "o",
+        capsys, "build", path, "-t", "cpu", "--precision", "fp32", *build_flags(keys, tmp_path / "o")
     )
     _assert_clean_failure(result, "aten::linalg_svd")
     _no_bundle_left(tmp_path / "o")
@@ -110,28 +87,16 @@ def test_export_failure_names_the_operator(digits, keys, tmp_path, capsys):
 def test_calibration_of_the_wrong_shape(digits, keys, tmp_path, capsys):
     wrong = tmp_path / "calib.npy"
     np.save(wrong, np.zeros((8, 3, 16, 16), dtype=np.float32))
-    args = _base(digits, keys, tmp_path / "o")
-    args[1] = wrong
-    result = run(capsys, "build", digits.model, "-t", "cpu", *args)
+    result = run(
+        capsys, "build", digits.model, "-t", "cpu", *_base(digits, keys, tmp_path / "o", calib=wrong)
+    )
     _assert_clean_failure(result, "has shape [8, 3, 16, 16]", "[1, 1, 32, 32]")
     _no_bundle_left(tmp_path / "o")
 
 
 def test_int8_without_calibration_data(digits, keys, tmp_path, capsys):
     result = run(
-        capsys,
-        "build",
-        digits.model,
-        "-t",
-        "cpu",
-        "--precision",
-        "int8",
-        "--input-shape",
-        "1,1,32,32",
-        "--sign-key",
-        keys[0],
-        "--out",
-        tmp_path / "o",
+        capsys, "build", digits.model, "-t", "cpu", "--precision", "int8", *build_flags(keys, tmp_path / "o")
     )
     _assert_clean_failure(result, "never invents")
 
@@ -139,9 +104,7 @@ def test_int8_without_calibration_data(digits, keys, tmp_path, capsys):
 def test_empty_validation_folder(digits, keys, tmp_path, capsys):
     empty = tmp_path / "val"
     (empty / "cats").mkdir(parents=True)
-    args = _base(digits, keys, tmp_path / "o")
-    args[3] = empty
-    result = run(capsys, "build", digits.model, "-t", "cpu", *args)
+    result = run(capsys, "build", digits.model, "-t", "cpu", *_base(digits, keys, tmp_path / "o", val=empty))
     _assert_clean_failure(result, "has no images in class sub-folders")
     _no_bundle_left(tmp_path / "o")
 
@@ -178,9 +141,9 @@ def test_bad_signing_key_file(digits, tmp_path, capsys):
 
 
 def test_bad_input_shape_flag(digits, keys, tmp_path, capsys):
-    args = _base(digits, keys, tmp_path / "o")
-    args[5] = "1,one,32"
-    result = run(capsys, "build", digits.model, "-t", "cpu", *args)
+    result = run(
+        capsys, "build", digits.model, "-t", "cpu", *_base(digits, keys, tmp_path / "o", shape="1,one,32")
+    )
     _assert_clean_failure(result, "--input-shape")
 
 
