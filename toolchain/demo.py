@@ -71,7 +71,6 @@ def train_digits_model(out: Path, *, epochs: int = 12, seed: int = 0, progress=N
     x_train, x_val, y_train, y_val = _digits_images(seed)
     model, torch = _make_model()
     torch.manual_seed(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     to_tensor = lambda a: torch.from_numpy(a.astype(np.float32)[:, None] / 255.0)  # noqa: E731
     xt, yt = to_tensor(x_train), torch.from_numpy(y_train.astype(np.int64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
