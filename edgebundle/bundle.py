@@ -531,16 +531,22 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTE
 # --------------------------------------------------------------------------- reading and verifying
 
 
+def _read_manifest_file(directory: Path, label: str, hint: str) -> bytes:
+    """The bytes of a bundle folder's manifest.json, size-capped; ManifestError when unreadable or absent."""
+    try:
+        data = _read_small(directory / MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    except OSError as exc:
+        raise ManifestError(f"{label}: cannot read {MANIFEST_NAME}: {exc.strerror or exc}") from None
+    if data is None:
+        raise ManifestError(f"{label} has no {MANIFEST_NAME}", hint=hint)
+    return data
+
+
 def read_manifest(bundle: Path) -> Manifest:
     """The manifest of a bundle folder or archive, WITHOUT checking the signature (for `inspect`)."""
     bundle = Path(bundle)
     if bundle.is_dir():
-        try:
-            data = _read_small(bundle / MANIFEST_NAME, MAX_MANIFEST_BYTES)
-        except OSError as exc:
-            raise ManifestError(f"cannot read {bundle / MANIFEST_NAME}: {exc.strerror or exc}") from None
-        if data is None:
-            raise ManifestError(f"{bundle} has no {MANIFEST_NAME}", hint="is it a bundle folder?")
+        data = _read_manifest_file(bundle, str(bundle), hint="is it a bundle folder?")
         return parse_manifest_bytes(data, str(bundle / MANIFEST_NAME))
     if not bundle.is_file():
         raise ManifestError(
@@ -566,12 +572,7 @@ def read_manifest(bundle: Path) -> Manifest:
 
 
 def _verify_dir(directory: Path, public_key: Ed25519PublicKey, label: str) -> Manifest:
-    try:
-        manifest_bytes = _read_small(directory / MANIFEST_NAME, MAX_MANIFEST_BYTES)
-    except OSError as exc:
-        raise ManifestError(f"{label}: cannot read {MANIFEST_NAME}: {exc.strerror or exc}") from None
-    if manifest_bytes is None:
-        raise ManifestError(f"{label} has no {MANIFEST_NAME}", hint="is it a bundle?")
+    manifest_bytes = _read_manifest_file(directory, label, hint="is it a bundle?")
     try:
         signature = _read_small(directory / SIGNATURE_NAME, _MAX_SIGNATURE_FILE_BYTES)
     except OSError as exc:

@@ -19,7 +19,7 @@ import numpy as np
 from edgebundle.manifest import TensorSpec
 from toolchain.deps import require, version_of
 from toolchain.errors import ExportError, UserInputError
-from toolchain.sources import SOURCE_KINDS, SourceModel
+from toolchain.sources import SOURCE_KINDS, SourceModel, load_torch_module
 
 ONNX_DTYPES = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
 
@@ -147,15 +147,8 @@ def check_export(source: SourceModel, onnx_path: Path, shape: list[int], atol: f
     import onnxruntime as ort
     import torch
 
-    if source.kind == "torchscript":
-        module = torch.jit.load(source.location, map_location="cpu").eval()
-    elif source.kind == "torch-export":
-        module = torch.export.load(source.location).module()
-    elif source.kind == "torch-entrypoint":
-        from toolchain.sources import load_entrypoint
-
-        module = load_entrypoint(source)
-    else:
+    module = load_torch_module(source)
+    if module is None:
         return  # Ultralytics checks its own export; its eval output is a tuple of train-time tensors
     rng = np.random.default_rng(0)
     x = rng.random(shape, dtype=np.float32)

@@ -211,6 +211,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     exported: dict[int, tuple[Path, bool]] = {}
     references: dict[Path, tuple[list[np.ndarray], dict[str, float], list[np.ndarray]]] = {}
     evaluation: EvalData | None = None
+    sensitivity_inputs: np.ndarray | None = None  # a few inputs for ranking layer sensitivity
     for profile, converter, precision in plans:
         opset = min(PREFERRED_OPSET, profile.opset_ceiling)
         if opset not in exported:
@@ -226,18 +227,19 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             evaluation = _eval_data(req, task, pre, shape, calibration)
             if evaluation is not None and task == "detect":
                 evaluation.num_classes = len(source.labels) or (outputs[0].shape[1] - 4)
+            if evaluation is not None:
+                sensitivity_inputs = (calibration if calibration is not None else evaluation.inputs)[
+                    :SENSITIVITY_SAMPLES
+                ]
         labels = _load_labels(req, source.labels or (evaluation.class_names if evaluation else []))
         if fp32_path not in references and evaluation is not None:
             reporter.stage("scoring the FP32 reference")
             fp32_runner = open_runner("onnxruntime", fp32_path)
             ref_outputs = run_all(fp32_runner, evaluation.inputs)
-            sample_inputs = (calibration if calibration is not None else evaluation.inputs)[
-                :SENSITIVITY_SAMPLES
-            ]
             references[fp32_path] = (
                 ref_outputs,
                 task_metrics(ref_outputs, evaluation, source.nms),
-                run_all(fp32_runner, sample_inputs),
+                run_all(fp32_runner, sensitivity_inputs),
             )
 
         def evaluate(
@@ -255,12 +257,10 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             )
 
         def sample_outputs(
-            path: Path, profile: TargetProfile = profile, evaluation=evaluation
+            path: Path, profile: TargetProfile = profile, inputs: np.ndarray | None = sensitivity_inputs
         ) -> list[np.ndarray]:
-            inputs_ = (calibration if calibration is not None else evaluation.inputs)[:SENSITIVITY_SAMPLES]
-            return run_all(open_runner(profile.runtime, path), inputs_)
+            return run_all(open_runner(profile.runtime, path), inputs)
 
-        req.out.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".edgectl-work-", dir=req.out))
         staging = Path(tempfile.mkdtemp(prefix=".edgectl-staging-", dir=req.out))
         try:

@@ -244,18 +244,21 @@ def _torch_export(module, source: SourceModel, shape: list[int], dest: Path, ops
         raise _export_error(exc, source) from exc
 
 
-def _export_torchscript(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+def load_torch_module(source: SourceModel):
+    """The PyTorch module behind a torchscript, torch-export or entry-point source; None for other kinds."""
     import torch
 
-    module = torch.jit.load(source.location, map_location="cpu").eval()
-    _torch_export(module, source, shape, dest, opset)
+    if source.kind == "torchscript":
+        return torch.jit.load(source.location, map_location="cpu").eval()
+    if source.kind == "torch-export":
+        return torch.export.load(source.location).module()
+    if source.kind == "torch-entrypoint":
+        return load_entrypoint(source)
+    return None
 
 
-def _export_torch_export(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    import torch
-
-    program = torch.export.load(source.location)
-    _torch_export(program.module(), source, shape, dest, opset)
+def _export_torch(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
+    _torch_export(load_torch_module(source), source, shape, dest, opset)
 
 
 def load_entrypoint(source: SourceModel):
@@ -280,10 +283,6 @@ def load_entrypoint(source: SourceModel):
             hint="save them with torch.save(model.state_dict(), PATH) from the same model class",
         ) from exc
     return model.eval()
-
-
-def _export_entrypoint(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    _torch_export(load_entrypoint(source), source, shape, dest, opset)
 
 
 def _export_ultralytics(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
@@ -344,8 +343,8 @@ class SourceKind:
 # Order matters: the first kind whose detector accepts the file wins.
 SOURCE_KINDS: dict[str, SourceKind] = {
     "onnx": SourceKind(_is_onnx, _export_onnx, "onnx"),
-    "torch-export": SourceKind(_is_torch_export, _export_torch_export, "torch"),
-    "torchscript": SourceKind(_is_torchscript, _export_torchscript, "torch"),
+    "torch-export": SourceKind(_is_torch_export, _export_torch, "torch"),
+    "torchscript": SourceKind(_is_torchscript, _export_torch, "torch"),
     "ultralytics": SourceKind(_is_ultralytics, _export_ultralytics, "ultralytics"),
-    "torch-entrypoint": SourceKind(lambda _p: False, _export_entrypoint, "torch"),
+    "torch-entrypoint": SourceKind(lambda _p: False, _export_torch, "torch"),
 }

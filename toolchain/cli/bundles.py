@@ -107,7 +107,7 @@ def bench_command(
     """Benchmark a bundle's primary artifact on this machine."""
     import tempfile
 
-    from edgebundle import load_public_key, open_verified, read_manifest
+    from edgebundle import extract_archive, load_public_key, open_verified, read_manifest
     from targets import get_profile
     from toolchain.benchmark import benchmark
     from toolchain.cli.output import console, emit_json
@@ -116,14 +116,14 @@ def bench_command(
 
     with tempfile.TemporaryDirectory(prefix="edgectl-bench-") as tmp:
         if public_key is not None:
-            manifest = open_verified(bundle, load_public_key(public_key), Path(tmp) / "bundle")
             root = Path(tmp) / "bundle"
-        else:
-            manifest = read_manifest(bundle)
+            manifest = open_verified(bundle, load_public_key(public_key), root)
+        elif bundle.is_dir():
             root = bundle
-            if not bundle.is_dir():
-                manifest = open_verified_unsigned(bundle, Path(tmp) / "bundle")
-                root = Path(tmp) / "bundle"
+            manifest = read_manifest(root)
+        else:
+            root = extract_archive(bundle, Path(tmp) / "bundle")
+            manifest = read_manifest(root)
         if manifest.runtime not in RUNNERS:
             raise UserInputError(
                 f"this host cannot run {manifest.runtime} artifacts yet", hint="benchmark it on the device"
@@ -139,10 +139,3 @@ def bench_command(
             f"{report.throughput_per_s:.1f}/s, init {report.session_init_ms:.1f} ms, "
             f"peak memory +{report.peak_memory_mb:.1f} MB ({report.threads} threads)"
         )
-
-
-def open_verified_unsigned(archive: Path, dest: Path):
-    from edgebundle import extract_archive, read_manifest
-
-    extract_archive(archive, dest)
-    return read_manifest(dest)
