@@ -39,6 +39,9 @@ class TensorSpec(_Model):
     quantization: QuantParams | None = Field(
         default=None, description="Scale and zero point when the tensor itself is integer."
     )
+    layout: Layout | None = Field(
+        default=None, description="Axis order of an image tensor as this artifact takes it (NCHW or NHWC)."
+    )
 
 
 class QuantParams(_Model):
@@ -89,6 +92,8 @@ class Artifact(_Model):
     precision: Precision
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    validation: ValidationReport | None = Field(default=None, description="This artifact against FP32.")
+    benchmark: BenchmarkReport | None = Field(default=None, description="This artifact on the build host.")
 
 
 class FileEntry(_Model):
@@ -131,7 +136,11 @@ class Fidelity(_Model):
 
 
 class LayerRepair(_Model):
-    method: Literal["keep-float"] = "keep-float"
+    method: Literal["keep-float", "int16-activations", "none"] = Field(
+        default="keep-float",
+        description="keep-float: the listed layers stay in float; int16-activations: INT8 weights with int16 "
+        "activations; none: no repair passed the gate.",
+    )
     layers_kept_float: list[str]
     candidates_ranked: int
     attempts: list[dict[str, float | int | str]] = Field(default_factory=list)
@@ -209,3 +218,4 @@ class Manifest(_Model):
 
 
 TensorSpec.model_rebuild()
+Artifact.model_rebuild()

@@ -35,21 +35,20 @@ def main(argv: list[str]) -> None:
 
     if runtime == "onnxruntime":
         import onnxruntime  # noqa: F401  (count the runtime's import in the baseline, not the model)
+    elif runtime == "tflite":
+        import ai_edge_litert.interpreter  # noqa: F401
     baseline = _rss_mb()
     start = time.perf_counter()
     runner = RUNNERS[runtime](path, threads or None)
     init_ms = (time.perf_counter() - start) * 1000
-    session_input = runner.session.get_inputs()[0] if hasattr(runner, "session") else None
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in session_input.shape]
-    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(
-        session_input.type, np.float32
-    )
     rng = np.random.default_rng(0)
-    x = (
-        (rng.random(shape) * 255).astype(dtype)
-        if dtype != np.float32
-        else rng.random(shape, dtype=np.float32)
-    )
+    if runner.input_dtype.kind == "f":
+        x = rng.random(runner.input_shape).astype(runner.input_dtype)
+    else:
+        # quantized pixels take their whole range; other integers are ids (tokens), and 0 and 1 always exist
+        info = np.iinfo(runner.input_dtype)
+        low, high = (info.min, info.max) if info.bits == 8 else (0, 1)
+        x = rng.integers(low, high, runner.input_shape, endpoint=True).astype(runner.input_dtype)
     for _ in range(warmup):
         runner.run(x)
     times = []

@@ -5,8 +5,12 @@ Nothing here installs anything; a missing package is an error with a hint.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import sys
 from functools import cache
+from pathlib import Path
 
 from toolchain.errors import MissingDependencyError
 
@@ -29,3 +33,37 @@ def version_of(distribution: str) -> str:
         return version(distribution)
     except PackageNotFoundError:
         return "not installed"
+
+
+def import_tensorflow():
+    """TensorFlow without its start-up chatter (oneDNN, CUDA probing) on stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+@contextlib.contextmanager
+def output_to(log: Path):
+    """Send everything written to stdout and stderr, by Python or by native code, to `log`.
+
+    TensorFlow's converter and ONNX Runtime's tools print from C++ and with print(); on the
+    terminal that is noise, and under `--json` it would corrupt the one JSON document on stdout.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield log
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)

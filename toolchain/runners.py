@@ -8,13 +8,30 @@ from typing import Protocol
 
 import numpy as np
 
+from edgebundle.manifest import QuantParams, TensorSpec
 from toolchain.deps import require
 
 
 class Runner(Protocol):
+    """`run` takes a batch in the source's layout and float, or already in the artifact's own form."""
+
     input_name: str
+    input_shape: list[int]  # the artifact's own input, as a benchmark feeds it
+    input_dtype: np.dtype
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]: ...
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
 class OnnxRuntimeRunner:
@@ -30,15 +47,93 @@ class OnnxRuntimeRunner:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
+        self.input_dtype = np.dtype(_ORT_TYPES.get(first.type, "float32"))
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: batch})
 
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def spec(value) -> TensorSpec:
+            shape = [d if isinstance(d, int) and d > 0 else -1 for d in value.shape]
+            return TensorSpec(name=value.name, shape=shape, dtype=_ORT_TYPES.get(value.type, "float32"))
+
+        return [spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()]
+
+
+class LiteRTRunner:
+    """The LiteRT (TFLite) interpreter with XNNPACK, as on a Raspberry Pi or an Android CPU.
+
+    Float inputs in the source's layout are rearranged to the model's (NCHW to NHWC) and
+    quantized with the model's own scale and zero point when its input is integer; integer
+    outputs are dequantized, so validation compares like with like.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        require("ai_edge_litert", extra="tflite", purpose="running TFLite models")
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
+        self.interpreter.allocate_tensors()
+        first = self.interpreter.get_input_details()[0]
+        self._input = first
+        self.input_name = first["name"]
+        self.input_shape = [int(d) for d in first["shape"]]
+        self.input_dtype = np.dtype(first["dtype"])
+        self._outputs = self.interpreter.get_output_details()
+
+    def _prepare(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype == self.input_dtype and list(batch.shape) == self.input_shape:
+            return batch
+        from toolchain.tflite_quantize import to_model_layout
+
+        x = to_model_layout(batch, self.input_shape)
+        scale, zero_point = self._input["quantization"]
+        if self.input_dtype.kind in "iu" and x.dtype.kind == "f" and scale:
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
+        return x.astype(self.input_dtype)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.interpreter.set_tensor(self._input["index"], self._prepare(batch))
+        self.interpreter.invoke()
+        outputs = []
+        for detail in self._outputs:
+            value = self.interpreter.get_tensor(detail["index"])
+            scale, zero_point = detail["quantization"]
+            if value.dtype.kind in "iu" and scale:
+                value = (value.astype(np.float32) - zero_point) * np.float32(scale)
+            outputs.append(value)
+        return outputs
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def spec(detail) -> TensorSpec:
+            scale, zero_point = detail["quantization"]
+            dtype = np.dtype(detail["dtype"]).name
+            return TensorSpec(
+                name=detail["name"],
+                shape=[int(d) for d in detail["shape"]],
+                dtype=dtype,
+                quantization=QuantParams(scale=float(scale), zero_point=int(zero_point)) if scale else None,
+            )
+
+        return [spec(self._input)], [spec(d) for d in self._outputs]
+
 
 RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
     "onnxruntime": OnnxRuntimeRunner,
+    "tflite": LiteRTRunner,
 }
+
+
+# Which runner takes a file, by its suffix: a bundle may hold artifacts of more than one runtime.
+RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "tflite"}
+
+
+def runtime_for(path: Path) -> str:
+    return RUNTIME_FOR_SUFFIX[path.suffix.lower()]
 
 
 def open_runner(runtime: str, path: Path, threads: int | None = None) -> Runner:

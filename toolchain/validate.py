@@ -64,6 +64,23 @@ def task_metrics(outputs: list[np.ndarray], data: EvalData, nms: NMSParams | Non
     return {}
 
 
+def align_outputs(reference: list[np.ndarray], artifact: list[np.ndarray]) -> list[np.ndarray]:
+    """Bring an artifact's outputs into the reference's axis order (NHWC models may emit NHWC or NWC).
+
+    Arrays are samples-first. A channels-last output whose transpose matches the reference's shape is
+    transposed back; anything else is left for `fidelity` to compare as it is.
+    """
+    aligned = []
+    for ref, art in zip(reference, artifact, strict=True):
+        if art.shape != ref.shape:
+            for axes in ((0, 3, 1, 2), (0, 2, 1)):
+                if art.ndim == len(axes) and tuple(art.shape[a] for a in axes) == ref.shape:
+                    art = art.transpose(axes)
+                    break
+        aligned.append(art)
+    return aligned
+
+
 def fidelity(reference: list[np.ndarray], artifact: list[np.ndarray], task: Task) -> Fidelity:
     ref = np.concatenate([r.reshape(len(r), -1) for r in reference], axis=1).astype(np.float64)
     art = np.concatenate([a.reshape(len(a), -1) for a in artifact], axis=1).astype(np.float64)
