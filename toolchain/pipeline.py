@@ -26,6 +26,7 @@ from edgebundle.manifest import (
     Precision,
     Preprocessing,
     SourceInfo,
+    TensorSpec,
     ToolchainInfo,
     ValidationReport,
 )
@@ -34,7 +35,7 @@ from toolchain import data as datasets
 from toolchain.converters import BuildContext, get_converter
 from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
-from toolchain.validate import EvalData, judge, task_metrics
+from toolchain.validate import EvalData, align_outputs, judge, task_metrics
 
 # The opset we export at unless a target's ceiling is lower: wide support across runtimes.
 PREFERRED_OPSET = 17
@@ -170,7 +171,7 @@ def _eval_data(req, task, pre, shape, calibration) -> EvalData | None:
 def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBuild]:
     from edgebundle import bundle_name_for, load_private_key, write_bundle
     from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
-    from toolchain.runners import open_runner, run_all
+    from toolchain.runners import open_runner, run_all, runtime_for
     from toolchain.sources import resolve_source
 
     reporter = reporter or Reporter()
@@ -242,24 +243,23 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 run_all(fp32_runner, sensitivity_inputs),
             )
 
-        def evaluate(
-            path: Path, profile: TargetProfile = profile, fp32_path: Path = fp32_path, evaluation=evaluation
-        ) -> ValidationReport:
-            runner = open_runner(profile.runtime, path)
+        def evaluate(path: Path, fp32_path: Path = fp32_path, evaluation=evaluation) -> ValidationReport:
             ref_outputs, ref_metrics, _ = references[fp32_path]
+            outputs = run_all(open_runner(runtime_for(path), path), evaluation.inputs)
             return judge(
                 evaluation,
                 ref_outputs,
                 ref_metrics,
-                run_all(runner, evaluation.inputs),
+                align_outputs(ref_outputs, outputs),
                 source.nms,
                 req.max_drop,
             )
 
         def sample_outputs(
-            path: Path, profile: TargetProfile = profile, inputs: np.ndarray | None = sensitivity_inputs
+            path: Path, fp32_path: Path = fp32_path, inputs: np.ndarray | None = sensitivity_inputs
         ) -> list[np.ndarray]:
-            return run_all(open_runner(profile.runtime, path), inputs)
+            outputs = run_all(open_runner(runtime_for(path), path), inputs)
+            return align_outputs(references[fp32_path][2], outputs)
 
         workdir = Path(tempfile.mkdtemp(prefix=".edgectl-work-", dir=req.out))
         staging = Path(tempfile.mkdtemp(prefix=".edgectl-staging-", dir=req.out))
@@ -276,23 +276,30 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 sample_outputs=sample_outputs,
                 sample_reference=references[fp32_path][2] if fp32_path in references else [],
                 progress=reporter.advance,
+                task=task,
             )
             converted = converter.convert(ctx)
-            primary = converted.artifacts[0]
-            report = converted.validation
-            if report is None and evaluation is not None:
-                reporter.stage(f"{profile.name}: validating")
-                report = evaluate(primary.path)
-            if report is not None and not report.passed:
-                raise _gate_error(profile, precision, report)
-            reporter.stage(f"{profile.name}: benchmarking")
             from toolchain.benchmark import benchmark
 
-            bench = benchmark(primary.path, profile.runtime, threads=profile.threads, runs=req.bench_runs)
             artifacts = []
-            for item in converted.artifacts:
+            for index, item in enumerate(converted.artifacts):
+                report = item.validation or (converted.validation if index == 0 else None)
+                if report is None and evaluation is not None:
+                    reporter.stage(f"{profile.name}: validating {item.path.name}")
+                    report = evaluate(item.path)
+                if report is not None:
+                    update = {"notes": report.notes + item.notes}
+                    if item.repair is not None and report.repair is None:
+                        update["repair"] = item.repair
+                    report = report.model_copy(update=update)
+                    if not report.passed:
+                        raise _gate_error(profile, item.precision, report, item.path.name)
+                reporter.stage(f"{profile.name}: benchmarking {item.path.name}")
+                runtime = runtime_for(item.path)
+                bench = benchmark(item.path, runtime, threads=profile.threads, runs=req.bench_runs)
                 shutil.copyfile(item.path, staging / item.path.name)
-                art_in, art_out = tensor_specs(item.path) if item.format == "onnx" else (inputs, outputs)
+                art_in, art_out = open_runner(runtime, item.path).io_specs()
+                art_in = [_with_layout(spec, shape, pre.layout) for spec in art_in]
                 artifacts.append(
                     Artifact(
                         path=item.path.name,
@@ -301,8 +308,15 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                         precision=item.precision,
                         inputs=art_in,
                         outputs=art_out,
+                        validation=report,
+                        benchmark=bench,
                     )
                 )
+            primary = artifacts[0]
+            if primary.inputs[0].layout is not None:  # the bundle's preprocessing feeds its primary artifact
+                target_pre = pre.model_copy(update={"layout": primary.inputs[0].layout})
+            else:
+                target_pre = pre
             if labels:
                 (staging / "labels.txt").write_text("\n".join(labels) + "\n")
             manifest = Manifest(
@@ -313,7 +327,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 runtime=profile.runtime,
                 precision=precision,
                 artifacts=artifacts,
-                preprocessing=pre,
+                preprocessing=target_pre,
                 postprocessing=Postprocessing(task=task, labels=labels, nms=source.nms),
                 source=SourceInfo(kind=source.kind, filename=source.filename, sha256=source.sha256),
                 toolchain=ToolchainInfo(
@@ -321,8 +335,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     converter=converter.name,
                     versions={**converted.versions, "torch": version_of("torch"), "opset": str(opset)},
                 ),
-                validation=report,
-                benchmark=bench,
+                validation=primary.validation,
+                benchmark=primary.benchmark,
             )
             reporter.stage(f"{profile.name}: signing the bundle")
             location = write_bundle(
@@ -345,7 +359,21 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     return results
 
 
-def _gate_error(profile: TargetProfile, precision: str, report: ValidationReport) -> AccuracyGateError:
+def _with_layout(spec: TensorSpec, source_shape: list[int], source_layout: str) -> TensorSpec:
+    """Record which axis order an artifact's image input takes: the source's, or its channels-last twin."""
+    if len(spec.shape) != 4 or len(source_shape) != 4:
+        return spec
+    if spec.shape == list(source_shape):
+        return spec.model_copy(update={"layout": source_layout})
+    n, c, h, w = source_shape
+    if source_layout == "NCHW" and spec.shape == [n, h, w, c]:
+        return spec.model_copy(update={"layout": "NHWC"})
+    return spec
+
+
+def _gate_error(
+    profile: TargetProfile, precision: str, report: ValidationReport, artifact: str = ""
+) -> AccuracyGateError:
     kept = len(report.repair.layers_kept_float) if report.repair else 0
     if report.metric:
         what = (
@@ -355,8 +383,9 @@ def _gate_error(profile: TargetProfile, precision: str, report: ValidationReport
     else:
         what = f"output cosine {report.fidelity.cosine:.4f}, top-1 agreement {report.fidelity.top1_agreement}"
     repaired = f" even with {kept} layers kept in float" if kept else ""
+    which = f" ({artifact})" if artifact else ""
     error = AccuracyGateError(
-        f"{profile.name} {precision}: {what} breaks --max-drop {report.max_drop_points}{repaired}",
+        f"{profile.name} {precision}{which}: {what} breaks --max-drop {report.max_drop_points}{repaired}",
         hint="give more representative --calib data, raise --max-drop, or build --precision fp32",
     )
     error.report = report  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ KNOWN_RUNTIMES = ("onnxruntime", "tflite", "tensorrt", "coreml", "tflite-micro")
 class BuildContext:
     """Everything a converter needs for one target, prepared once by the pipeline."""
 
-    fp32_onnx: Path
+    fp32_onnx: Path | None  # None for a Keras source, which only TFLite targets take
     profile: TargetProfile
     precision: Precision
     workdir: Path
@@ -35,6 +35,8 @@ class BuildContext:
     sample_outputs: Callable[[Path], list[np.ndarray]]
     sample_reference: list[np.ndarray]
     progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+    task: str = "other"
+    saved_model: Path | None = None  # a TensorFlow source, already a SavedModel
 
 
 @dataclass
@@ -43,12 +45,15 @@ class ConvertedArtifact:
     role: str
     format: str
     precision: Precision
+    validation: ValidationReport | None = None  # when the converter already judged it
+    repair: LayerRepair | None = None
+    notes: list[str] = field(default_factory=list)  # added to the artifact's validation notes
 
 
 @dataclass
 class ConverterResult:
     artifacts: list[ConvertedArtifact]
-    validation: ValidationReport | None = None  # the primary artifact's, when the converter already judged it
+    validation: ValidationReport | None = None  # the primary artifact's (artifacts[0]), when already judged
     repair: LayerRepair | None = None
     versions: dict[str, str] = field(default_factory=dict)
 

@@ -1,0 +1,204 @@
+"""LiteRT (TFLite) targets: Raspberry Pi and Android.
+
+The cached FP32 ONNX model becomes an NHWC SavedModel (onnx2tf, offline; see
+`toolchain.tf_export`), or a Keras source is used as is; TensorFlow's own
+converter then writes the TFLite file in the precision asked for.
+
+Full-integer INT8 that breaks the accuracy budget is repaired before the
+build fails, in this order:
+
+1. selective quantization: the ops whose quantization moves the outputs most
+   (ranked one at a time, as for ONNX Runtime) stay in float, the fewest that
+   pass the gate, up to a quarter of the ops;
+2. int16 activations with int8 weights, if (1) cannot pass within that bound.
+
+The report names the repair and lists every attempt. A profile may ask for
+companion artifacts in the same bundle (`options.companion_artifacts`):
+`gpu-fp16` (an fp16 TFLite for the GPU delegate) and `ort` (an ONNX Runtime
+Mobile `.ort` file of the validated ONNX Runtime INT8 or FP32 model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from edgebundle.manifest import LayerRepair, ValidationReport
+from toolchain.converters.base import BuildContext, ConvertedArtifact, Converter, ConverterResult, register
+from toolchain.deps import version_of
+from toolchain.errors import UserInputError
+
+# Selective quantization may keep at most this share of the ranked ops in float before int16 is tried.
+MAX_FLOAT_SHARE = 0.25
+COMPANIONS = ("gpu-fp16", "ort")
+FP16_NOTE = (
+    "fp16 weights; the host's LiteRT CPU kernels compute in float32 as XNNPACK does by default, "
+    "a GPU delegate computes in fp16"
+)
+
+
+def _metric_value(report: ValidationReport) -> float:
+    metric = report.metric or "cosine"
+    return report.artifact.get(metric, report.fidelity.cosine)
+
+
+@register
+class TFLiteConverter(Converter):
+    runtime = "tflite"
+    name = "onnx2tf+tflite-converter"
+    requires = (("tensorflow", "tflite"), ("onnx2tf", "tflite"), ("ai_edge_litert", "tflite"))
+
+    def convert(self, ctx: BuildContext) -> ConverterResult:
+        from toolchain.tflite_quantize import TFLiteQuantizer
+
+        versions = {
+            "tensorflow": version_of("tensorflow"),
+            "onnx2tf": version_of("onnx2tf"),
+            "ai-edge-litert": version_of("ai-edge-litert"),
+        }
+        companions = list(ctx.profile.options.get("companion_artifacts", []))
+        unknown = sorted(set(companions) - set(COMPANIONS))
+        if unknown:
+            raise UserInputError(
+                f"target {ctx.profile.name} asks for unknown companion artifacts {unknown}",
+                hint=f"known: {', '.join(COMPANIONS)}",
+            )
+        if ctx.saved_model is not None:
+            saved_model = ctx.saved_model
+        else:
+            from toolchain.tf_export import onnx_to_saved_model
+
+            ctx.progress("onnx2tf: ONNX to TensorFlow (NHWC)", 0, 1)
+            saved_model, _ = onnx_to_saved_model(ctx.fp32_onnx, ctx.calibration)
+            ctx.progress("onnx2tf: ONNX to TensorFlow (NHWC)", 1, 1)
+        quantizer = TFLiteQuantizer(
+            saved_model, ctx.calibration, int8_output=ctx.task != "detect", log=ctx.workdir / "convert.log"
+        )
+        if ctx.precision not in ("fp32", "fp16", "int8"):
+            raise UserInputError(f"TFLite has no {ctx.precision} mode", hint="pass fp32, fp16 or int8")
+
+        path, report, repair = self._primary(ctx, quantizer)
+        notes = [FP16_NOTE] if ctx.precision == "fp16" else []
+        artifacts = [
+            ConvertedArtifact(path, "model", "tflite", ctx.precision, validation=report, notes=notes)
+        ]
+        if "gpu-fp16" in companions and ctx.precision != "fp16":
+            gpu = ctx.workdir / "model_fp16.tflite"
+            gpu.write_bytes(quantizer.float16())
+            artifacts.append(ConvertedArtifact(gpu, "gpu", "tflite", "fp16", notes=[FP16_NOTE]))
+        if "ort" in companions:
+            artifacts.append(self._ort(ctx))
+            versions["onnxruntime"] = version_of("onnxruntime")
+        return ConverterResult(artifacts, validation=report, repair=repair, versions=versions)
+
+    def _primary(
+        self, ctx: BuildContext, quantizer
+    ) -> tuple[Path, ValidationReport | None, LayerRepair | None]:
+        suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}[ctx.precision]
+        final = ctx.workdir / f"model{suffix}.tflite"
+        if ctx.precision == "fp32":
+            final.write_bytes(quantizer.float32())
+            return final, None, None
+        if ctx.precision == "fp16":
+            final.write_bytes(quantizer.float16())
+            return final, None, None
+
+        counter = iter(range(1_000_000))
+
+        def write(model: bytes) -> Path:
+            path = ctx.workdir / f"candidate-{next(counter)}.tflite"
+            path.write_bytes(model)
+            return path
+
+        ctx.progress("calibrate + quantize (TFLite)", 0, 1)
+        first = write(quantizer.int8())
+        report = ctx.evaluate(first)
+        ctx.progress("calibrate + quantize (TFLite)", 1, 1)
+        if report.passed:
+            final.write_bytes(first.read_bytes())
+            return final, report, None
+        path, report, repair = self._repair(ctx, quantizer, write, report)
+        final.write_bytes(path.read_bytes())
+        return final, report, repair
+
+    def _repair(self, ctx: BuildContext, quantizer, write, full_report: ValidationReport):
+        from toolchain import repair
+
+        metric = full_report.metric or "cosine"
+        attempts: list[dict] = [
+            {"method": "full-int8", "kept_float": 0, metric: _metric_value(full_report), "passed": "false"}
+        ]
+        candidates = quantizer.candidates()
+        every_node = quantizer.all_nodes()
+
+        def quantize_only(node: str) -> Path:
+            return write(quantizer.int8([n for n in every_node if n != node]))
+
+        ranked = repair.rank_layers(
+            candidates,
+            quantize_only,
+            ctx.sample_outputs,
+            ctx.sample_reference,
+            progress=lambda done, total: ctx.progress("rank op sensitivity (TFLite)", done, total),
+        )
+        limit = max(1, int(len(ranked) * MAX_FLOAT_SHARE))
+        outcome = repair.search_keep_float(
+            [name for name, _ in ranked[:limit]], lambda keep: write(quantizer.int8(keep)), ctx.evaluate
+        )
+        attempts += [{"method": "keep-float", **a} for a in outcome.attempts]
+        if outcome.path is not None:
+            summary = LayerRepair(
+                method="keep-float",
+                layers_kept_float=outcome.kept_float,
+                candidates_ranked=len(ranked),
+                attempts=attempts,
+            )
+            return outcome.path, outcome.report.model_copy(update={"repair": summary}), summary
+
+        ctx.progress("int16 activations (TFLite)", 0, 1)
+        path = write(quantizer.int16x8())
+        report = ctx.evaluate(path)
+        ctx.progress("int16 activations (TFLite)", 1, 1)
+        attempts.append(
+            {
+                "method": "int16-activations",
+                "kept_float": 0,
+                metric: _metric_value(report),
+                "passed": str(report.passed).lower(),
+            }
+        )
+        summary = LayerRepair(
+            method="int16-activations" if report.passed else "none",
+            layers_kept_float=[],
+            candidates_ranked=len(ranked),
+            attempts=attempts,
+        )
+        return path, report.model_copy(update={"repair": summary}), summary
+
+    def _ort(self, ctx: BuildContext) -> ConvertedArtifact:
+        """ONNX Runtime Mobile: the ONNX Runtime converter's validated model, saved in ORT format."""
+        from toolchain.converters.base import CONVERTERS
+
+        workdir = ctx.workdir / "ort"
+        workdir.mkdir()
+        precision = "int8" if ctx.precision == "int8" else "fp32"
+        result = CONVERTERS["onnxruntime"].convert(
+            dataclasses.replace(ctx, precision=precision, workdir=workdir)
+        )
+        onnx_model = result.artifacts[0].path
+        from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+        from toolchain.deps import output_to
+
+        out = workdir / "converted"
+        with output_to(workdir / "convert.log"):
+            convert_onnx_models_to_ort(
+                onnx_model,
+                output_dir=out,
+                optimization_styles=[OptimizationStyle.Fixed],
+                target_platform="arm",
+            )
+        produced = next(out.glob("*.ort"))
+        final = ctx.workdir / f"model{'_int8' if precision == 'int8' else ''}.ort"
+        produced.rename(final)
+        return ConvertedArtifact(final, "ort", "ort", precision, repair=result.repair)
