@@ -29,3 +29,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from edgebundle import generate_keypair
 
     return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def yolo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny YOLO detector from an Ultralytics yaml, trained here on synthetic shapes: (checkpoint, data.yaml)."""
+    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
+
+    root = tmp_path_factory.mktemp("yolo")
+    data_yaml = make_shapes_detection_dataset(root / "shapes", val=48)
+    checkpoint = train_tiny_yolo(data_yaml, root / "train")
+    return checkpoint, data_yaml

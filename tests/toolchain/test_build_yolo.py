@@ -16,16 +16,6 @@ from tests.cli import run
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def yolo(tmp_path_factory):
-    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
-
-    root = tmp_path_factory.mktemp("yolo")
-    data_yaml = make_shapes_detection_dataset(root / "shapes", val=48)
-    checkpoint = train_tiny_yolo(data_yaml, root / "train")
-    return checkpoint, data_yaml
-
-
 def test_int8_yolo_build_reports_map_and_repairs_the_head(yolo, keys, tmp_path, capsys):
     checkpoint, data_yaml = yolo
     result = run(
