@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -122,9 +123,44 @@ class LiteRTRunner:
         return [spec(self._input)], [spec(d) for d in self._outputs]
 
 
+class SavedModelRunner:
+    """TensorFlow running a SavedModel's serving_default signature: the FP32 reference of a Keras source."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        require("tensorflow", extra="tflite", purpose="running a TensorFlow SavedModel")
+        from toolchain.deps import import_tensorflow
+
+        tf = import_tensorflow()
+        if threads:
+            with contextlib.suppress(RuntimeError):  # fixed once TensorFlow has started
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+        self._loaded = tf.saved_model.load(str(path))
+        self._signature = self._loaded.signatures["serving_default"]
+        _, kwargs = self._signature.structured_input_signature
+        ((self.input_name, spec),) = kwargs.items()
+        self.input_shape = [d if d else 1 for d in spec.shape.as_list()]
+        self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        self._output_names = sorted(self._signature.structured_outputs)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        result = self._signature(**{self.input_name: batch.astype(self.input_dtype, copy=False)})
+        return [result[name].numpy() for name in self._output_names]
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        _, kwargs = self._signature.structured_input_signature
+
+        def spec(name: str, value) -> TensorSpec:
+            shape = [d if d is not None else -1 for d in value.shape.as_list()]
+            return TensorSpec(name=name, shape=shape, dtype=np.dtype(value.dtype.as_numpy_dtype).name)
+
+        outputs = self._signature.structured_outputs
+        return [spec(n, v) for n, v in kwargs.items()], [spec(n, outputs[n]) for n in self._output_names]
+
+
 RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
     "onnxruntime": OnnxRuntimeRunner,
     "tflite": LiteRTRunner,
+    "tensorflow": SavedModelRunner,
 }
 
 
@@ -133,6 +169,9 @@ RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": 
 
 
 def runtime_for(path: Path) -> str:
+    """The runtime of an artifact file, or TensorFlow for a SavedModel folder."""
+    if path.is_dir():
+        return "tensorflow"
     return RUNTIME_FOR_SUFFIX[path.suffix.lower()]
 
 

@@ -1,4 +1,9 @@
-"""ONNX to a TensorFlow SavedModel in NHWC with onnx2tf, offline and cached.
+"""TensorFlow SavedModels for the TFLite converter, offline and cached: from ONNX, or from a Keras source.
+
+A Keras source (`.keras`, SavedModel folder) is re-exported with a static
+batch-1 signature (`keras_saved_model`); that SavedModel is both what the
+converter reads and the FP32 reference every TFLite artifact is judged against.
+Everything else comes through ONNX (`onnx_to_saved_model`).
 
 Why onnx2tf from the cached ONNX model (see docs/architecture.md): every
 source kind already ends as one checked ONNX model, so one TFLite path serves
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,8 +82,10 @@ def onnx_to_saved_model(onnx_path: Path, calibration: np.ndarray | None = None) 
         if len(shape) == 4:
             np.save(work / SAMPLE_FILE, _sample_inputs(calibration, shape))
         out = work / "saved_model"
+        private = work / "model.onnx"  # onnx2tf may rewrite its input in place (onnxsim); keep ours intact
+        shutil.copyfile(onnx_path, private)
         proc = subprocess.run(
-            [sys.executable, "-m", "toolchain.tf_export", str(onnx_path.resolve()), str(out)],
+            [sys.executable, "-m", "toolchain.tf_export", str(private), str(out)],
             cwd=work,
             capture_output=True,
             text=True,
@@ -91,6 +99,27 @@ def onnx_to_saved_model(onnx_path: Path, calibration: np.ndarray | None = None) 
             )
         for leftover in out.glob("*.tflite"):  # onnx2tf's own float files; we convert ourselves
             leftover.unlink()
+        try:
+            os.replace(out, final)
+        except OSError:  # another build filled the cache first
+            if not (final / "saved_model.pb").is_file():
+                raise
+    return final, False
+
+
+def keras_saved_model(source, shape: list[int]) -> tuple[Path, bool]:
+    """Return (SavedModel of a Keras source with a static `shape` signature, whether it came from the cache)."""
+    require("tensorflow", extra="tflite", purpose="reading a Keras model")
+    from toolchain.keras_source import to_saved_model
+
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = [source.sha256, source.kind, shape, [version_of(d) for d in ("edgectl", "tensorflow", "keras")]]
+    final = directory / f"keras-{hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]}"
+    if (final / "saved_model.pb").is_file():
+        return final, True
+    with tempfile.TemporaryDirectory(prefix="edgectl-keras-", dir=directory) as tmp:
+        out = to_saved_model(Path(source.location), shape, Path(tmp) / "saved_model")
         try:
             os.replace(out, final)
         except OSError:  # another build filled the cache first
