@@ -69,3 +69,48 @@ def test_int8_yolo_build_reports_map_and_repairs_the_head(yolo, keys, tmp_path, 
     assert output_producer.name == repair["layers_kept_float"][0]
     assert output_producer.op_type == "Concat"
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 50  # most of the graph stays INT8
+
+
+def test_int8_yolo_for_rpi5_is_repaired_not_shipped_at_zero_map(yolo, keys, tmp_path, capsys):
+    """Full-integer TFLite zeroes the detector (the ecosystem's known failure); the repair brings it back."""
+    checkpoint, data_yaml = yolo
+    result = run(
+        capsys,
+        "build",
+        checkpoint,
+        "--target",
+        "rpi5",
+        "--calib",
+        data_yaml.parent / "images" / "train",
+        "--calib-limit",
+        "64",
+        "--val",
+        data_yaml,
+        "--max-drop",
+        "5",
+        "--sign-key",
+        keys[0],
+        "--out",
+        tmp_path,
+        "--name",
+        "shapes",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    (bundle,) = result.json()["bundles"]
+    report = bundle["validation"]
+    assert report["metric"] == "mAP50-95" and report["reference"]["mAP50-95"] > 20.0
+    assert report["passed"] and report["drop_points"] <= 5.0
+    repair = report["repair"]
+    assert repair is not None and repair["method"] in ("keep-float", "int16-activations")
+    full_int8 = repair["attempts"][0]
+    assert full_int8["method"] == "full-int8" and full_int8["mAP50-95"] < 5.0
+
+    from edgebundle import read_manifest
+
+    manifest = read_manifest(tmp_path / "shapes-v1-rpi5")
+    (artifact,) = manifest.artifacts
+    assert artifact.path == "model_int8.tflite" and artifact.inputs[0].layout == "NHWC"
+    assert artifact.inputs[0].dtype == "int8"  # the image goes in as int8 ...
+    assert artifact.outputs[0].dtype == "float32"  # ... and the boxes and scores come out in float
+    assert manifest.preprocessing.layout == "NHWC" and manifest.preprocessing.resize_mode == "letterbox"
