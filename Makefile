@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# System packages the tests need (installed with apt-get when missing).
-# None yet: the MQTT broker and PostgreSQL arrive with the agent and registry.
-APT_PACKAGES :=
+# System packages the tests need (installed with apt-get when missing): the MQTT broker the agent
+# and registry tests start on a free port, PostgreSQL for the registry, Chromium for the dashboard.
+APT_PACKAGES := mosquitto postgresql chromium
 
 .PHONY: install system-deps demo test lint format bench clean
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[build,tflite,dev]'
+	$(BIN)/python -m pip install --quiet --editable '.[build,tflite,agent,registry,dev]'
 	touch $(STAMP)
 
 system-deps:

@@ -23,6 +23,8 @@ Task = Literal["classify", "detect", "other"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Confidence histograms (DriftSummary) have this many equal bins over [0, 1].
+CONFIDENCE_BINS = 10
 
 
 class _Model(BaseModel):
@@ -50,8 +52,13 @@ class QuantParams(_Model):
 
 
 class Preprocessing(_Model):
-    """How to turn an image into the model's input: x = (pixel * scale - mean) / std, per channel."""
+    """How to turn an image into the model's input: x = (pixel * scale - mean) / std, per channel.
 
+    `input` "tensor" means the model takes something other than an image (token ids, features):
+    the caller feeds the tensor as the artifact's input spec says, and the image fields do not apply.
+    """
+
+    input: Literal["image", "tensor"] = "image"
     layout: Layout = "NCHW"
     color: ColorOrder = "RGB"
     resize: tuple[int, int] | None = Field(default=None, description="(height, width) fed to the model.")
@@ -118,7 +125,9 @@ class FileEntry(_Model):
 
 
 class SourceInfo(_Model):
-    kind: str = Field(description="onnx, torchscript, torch-export, torch-entrypoint, ultralytics")
+    kind: str = Field(
+        description="onnx, torchscript, torch-export, torch-entrypoint, ultralytics, keras, saved-model"
+    )
     filename: str
     sha256: str
 
@@ -175,6 +184,62 @@ class BenchmarkReport(_Model):
     host: str
 
 
+class HealthCheck(_Model):
+    """What a device runs on a freshly installed model before it commits to it.
+
+    `sample_input` is a .npy file in the bundle holding one input exactly as the primary
+    artifact takes it (shape, dtype, layout); `sample_outputs` a .npz of that artifact's raw
+    outputs on it on the build host, as `output_0`, `output_1`, ... The device runs the sample,
+    compares with cosine similarity, and times it.
+    """
+
+    sample_input: str
+    sample_outputs: str
+    min_cosine: float = Field(default=0.98, gt=0.0, le=1.0)
+    max_latency_ms: float | None = Field(
+        default=None, gt=0.0, description="Latency budget of one inference on the device; None: not checked."
+    )
+
+
+class DriftSummary(_Model):
+    """Statistics of what a model saw and said: the build-time reference and the fleet's telemetry alike.
+
+    Input statistics are per channel of the preprocessed float input (one channel for non-image
+    inputs); counts, not fractions, so summaries from many devices and intervals add up.
+    `confidence_hist` has `len(CONFIDENCE_EDGES) - 1` bins over [0, 1]: the top class probability
+    of a classifier, the best detection score of a detector.
+    """
+
+    samples: int = Field(ge=0)
+    input_mean: list[float] = Field(default_factory=list)
+    input_std: list[float] = Field(default_factory=list)
+    confidence_hist: list[int] = Field(default_factory=list)
+    class_hist: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> DriftSummary:
+        if len(self.input_mean) != len(self.input_std):
+            raise ValueError("input_mean and input_std need one value per channel each")
+        if self.confidence_hist and len(self.confidence_hist) != CONFIDENCE_BINS:
+            raise ValueError(f"confidence_hist needs {CONFIDENCE_BINS} bins")
+        if any(v < 0 for v in self.confidence_hist + self.class_hist):
+            raise ValueError("histogram counts must be non-negative")
+        return self
+
+
+class Lineage(_Model):
+    """Where a version comes from, for the registry's lineage and the retraining loop."""
+
+    parent_version: int | None = Field(default=None, ge=1)
+    training_data: str | None = Field(
+        default=None, description="A reference to the training data (URI, hash)."
+    )
+    data_snapshots: dict[str, str] = Field(default_factory=dict, description="Dataset name -> sha256.")
+    trigger: str | None = Field(
+        default=None, description="What started the build: manual, drift, schedule, ..."
+    )
+
+
 class Manifest(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -190,6 +255,11 @@ class Manifest(_Model):
     toolchain: ToolchainInfo
     validation: ValidationReport | None = None
     benchmark: BenchmarkReport | None = None
+    health: HealthCheck | None = Field(default=None, description="The device's check before committing.")
+    drift_reference: DriftSummary | None = Field(
+        default=None, description="Input and output statistics on the validation data at build time."
+    )
+    lineage: Lineage = Field(default_factory=Lineage)
     files: list[FileEntry] = Field(default_factory=list, description="sha256 of every file but the manifest.")
     key_id: str | None = Field(default=None, description="Fingerprint of the public key that signs it.")
 
@@ -212,6 +282,10 @@ class Manifest(_Model):
         if self.files:
             listed = set(paths)
             missing = [a.path for a in self.artifacts if a.path not in listed]
+            if self.health is not None:
+                missing += [
+                    p for p in (self.health.sample_input, self.health.sample_outputs) if p not in listed
+                ]
             if missing:
                 raise ValueError(f"artifacts missing from files: {missing}")
         return self

@@ -1,0 +1,62 @@
+"""The fleet wire contract: MQTT topics and payloads, and the device-facing HTTP API of the registry.
+
+The device agent and the cloud registry both import this package and nothing
+of each other, so the contract is written once. Like `edgebundle`, it imports
+only pydantic, cryptography and the stdlib at import time (numpy is imported
+inside the drift functions that need it), so an agent on a small device and a
+registry replica load it cheaply. docs/wire.md describes the same contract for
+people.
+"""
+
+from edgewire.commands import RollbackOrder, sign_rollback, verify_rollback
+from edgewire.device_api import (
+    API_PREFIX,
+    DesiredResponse,
+    EnrollRequest,
+    EnrollResponse,
+    MqttSettings,
+    Paths,
+)
+from edgewire.messages import (
+    UPDATE_STATES,
+    DesiredModel,
+    DriftSummary,
+    InferenceStats,
+    ModelRef,
+    Presence,
+    QueueStats,
+    SystemStats,
+    Telemetry,
+    UpdateState,
+    UpdateStatus,
+    new_message_id,
+    parse_payload,
+)
+from edgewire.topics import Topics, parse_topic
+
+__all__ = [
+    "API_PREFIX",
+    "UPDATE_STATES",
+    "DesiredModel",
+    "DesiredResponse",
+    "DriftSummary",
+    "EnrollRequest",
+    "EnrollResponse",
+    "InferenceStats",
+    "ModelRef",
+    "MqttSettings",
+    "Paths",
+    "Presence",
+    "QueueStats",
+    "RollbackOrder",
+    "SystemStats",
+    "Telemetry",
+    "Topics",
+    "UpdateState",
+    "UpdateStatus",
+    "new_message_id",
+    "parse_payload",
+    "parse_topic",
+    "sign_rollback",
+    "verify_rollback",
+]
