@@ -39,6 +39,14 @@ def import_tensorflow():
     """TensorFlow without its start-up chatter (oneDNN, CUDA probing) on stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    if "tensorflow" not in sys.modules:
+        # Triton (pulled in by torch's CUDA build) segfaults when its LLVM loads after TensorFlow's;
+        # loaded first, both work. Measured with tensorflow 2.21 and triton 3.x.
+        if "triton" not in sys.modules and is_available("triton"):
+            with contextlib.suppress(Exception):
+                import triton  # noqa: F401
+        with output_to(Path(os.devnull)):  # the CUDA probe logs before TF_CPP_MIN_LOG_LEVEL applies
+            import tensorflow  # noqa: F401
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -56,10 +64,12 @@ def output_to(log: Path):
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     try:
-        with open(log, "ab") as sink:
+        with open(log, "ab") as sink, open(log, "a", buffering=1) as text:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            yield log
+            # print() goes to sys.stdout, which is not fd 1 when it has been replaced (pytest, a caller)
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield log
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

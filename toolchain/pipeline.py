@@ -30,7 +30,7 @@ from edgebundle.manifest import (
     ToolchainInfo,
     ValidationReport,
 )
-from targets import TargetProfile, get_profile
+from targets import TargetProfile, get_profile, load_profiles
 from toolchain import data as datasets
 from toolchain.converters import BuildContext, get_converter
 from toolchain.deps import version_of
@@ -128,6 +128,8 @@ def _preprocessing(req: BuildRequest, base: Preprocessing, shape: list[int]) -> 
         if value is not None:
             update[flag] = value
     pre = base.model_copy(update=update)
+    if len(shape) != 4 and req.color is None and req.mean is None and req.std is None:
+        pre = pre.model_copy(update={"input": "tensor"})
     if len(shape) == 4:
         channels = shape[1] if pre.layout == "NCHW" else shape[3]
         if req.color is None and channels == 1:
@@ -172,7 +174,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     from edgebundle import bundle_name_for, load_private_key, write_bundle
     from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
     from toolchain.runners import open_runner, run_all, runtime_for
-    from toolchain.sources import resolve_source
+    from toolchain.sources import is_tensorflow_source, resolve_source
+    from toolchain.tf_export import keras_saved_model
 
     reporter = reporter or Reporter()
     # torch.jit.load and the TorchScript exporter warn about their own deprecation on every call
@@ -196,7 +199,14 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     # 2. the source and what it says about itself
     reporter.stage("reading the model")
     source = resolve_source(req.model, req.weights)
+    tensorflow_source = is_tensorflow_source(source)
+    if tensorflow_source:
+        _check_tensorflow_targets(source, profiles)
     shape = req.input_shape or source.input_shape
+    if shape is None and tensorflow_source:
+        from toolchain.keras_source import default_shape, describe
+
+        shape = default_shape(describe(Path(source.location)))
     if shape is None and source.kind == "onnx":
         shape = onnx_input_shape(Path(source.location))
         shape = [1 if (i == 0 and d <= 0) else d for i, d in enumerate(shape)]
@@ -209,17 +219,25 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     calibration = datasets.load_calibration(req.calib, pre, shape, req.calib_limit) if req.calib else None
 
     results: list[TargetBuild] = []
-    exported: dict[int, tuple[Path, bool]] = {}
+    exported: dict[int | str, tuple[Path, bool]] = {}
     references: dict[Path, tuple[list[np.ndarray], dict[str, float], list[np.ndarray]]] = {}
     evaluation: EvalData | None = None
     sensitivity_inputs: np.ndarray | None = None  # a few inputs for ranking layer sensitivity
     for profile, converter, precision in plans:
+        # the FP32 reference: a checked ONNX export, or a Keras source's static-shape SavedModel
         opset = min(PREFERRED_OPSET, profile.opset_ceiling)
-        if opset not in exported:
-            reporter.stage(f"exporting to ONNX (opset {opset})")
-            exported[opset] = export_onnx(source, shape, opset)
-        fp32_path, cached = exported[opset]
-        inputs, outputs = tensor_specs(fp32_path)
+        if tensorflow_source:
+            if "tf" not in exported:
+                reporter.stage("exporting the Keras model to a SavedModel")
+                exported["tf"] = keras_saved_model(source, shape)
+            fp32_path, cached = exported["tf"]
+            inputs, outputs = open_runner("tensorflow", fp32_path).io_specs()
+        else:
+            if opset not in exported:
+                reporter.stage(f"exporting to ONNX (opset {opset})")
+                exported[opset] = export_onnx(source, shape, opset)
+            fp32_path, cached = exported[opset]
+            inputs, outputs = tensor_specs(fp32_path)
         task = source.task
         if task == "other" and len(outputs) == 1 and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 1:
             task = "classify"
@@ -235,7 +253,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
         labels = _load_labels(req, source.labels or (evaluation.class_names if evaluation else []))
         if fp32_path not in references and evaluation is not None:
             reporter.stage("scoring the FP32 reference")
-            fp32_runner = open_runner("onnxruntime", fp32_path)
+            fp32_runner = open_runner(runtime_for(fp32_path), fp32_path)
             ref_outputs = run_all(fp32_runner, evaluation.inputs)
             references[fp32_path] = (
                 ref_outputs,
@@ -266,7 +284,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
         try:
             reporter.stage(f"{profile.name}: converting to {precision}")
             ctx = BuildContext(
-                fp32_onnx=fp32_path,
+                fp32_onnx=None if tensorflow_source else fp32_path,
+                saved_model=fp32_path if tensorflow_source else None,
                 profile=profile,
                 precision=precision,
                 workdir=workdir,
@@ -332,8 +351,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 source=SourceInfo(kind=source.kind, filename=source.filename, sha256=source.sha256),
                 toolchain=ToolchainInfo(
                     edgectl=version_of("edgectl"),
-                    converter=converter.name,
-                    versions={**converted.versions, "torch": version_of("torch"), "opset": str(opset)},
+                    converter=converted.converter or converter.name,
+                    versions={**converted.versions, **_source_versions(tensorflow_source, opset)},
                 ),
                 validation=primary.validation,
                 benchmark=primary.benchmark,
@@ -357,6 +376,24 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _check_tensorflow_targets(source, profiles: list[TargetProfile]) -> None:
+    """A Keras source has no ONNX model: refuse targets whose converter starts from one, before any work."""
+    others = [p.name for p in profiles if p.runtime != "tflite"]
+    if others:
+        takers = [name for name, p in load_profiles().items() if p.runtime == "tflite"]
+        raise UserInputError(
+            f"{source.filename} is a Keras model; target {others[0]} ({get_profile(others[0]).runtime}) "
+            "builds from ONNX",
+            hint=f"build Keras models for {', '.join(takers)}, or export the model to ONNX first (tf2onnx)",
+        )
+
+
+def _source_versions(tensorflow_source: bool, opset: int) -> dict[str, str]:
+    if tensorflow_source:
+        return {"keras": version_of("keras")}
+    return {"torch": version_of("torch"), "opset": str(opset)}
 
 
 def _with_layout(spec: TensorSpec, source_shape: list[int], source_layout: str) -> TensorSpec:

@@ -1,6 +1,8 @@
 """Model sources: what a MODEL argument can be, and how each kind becomes ONNX.
 
-One table (`SOURCE_KINDS`) maps a kind to its detector and exporter. Detection
+One table (`SOURCE_KINDS`) maps a kind to its detector and exporter. Keras
+sources (`.keras` files, SavedModel folders) have no ONNX exporter: they go
+straight to TensorFlow's converter, so only TFLite targets take them. Detection
 never unpickles: a checkpoint is recognised by the names inside its zip
 container, so an unreadable or foreign file is refused before any code in it
 could run. Loading a PyTorch pickle does execute code; only build models you
@@ -94,6 +96,20 @@ def _is_ultralytics(path: Path) -> bool:
     return bool(_zip_names(path)) and _zip_pickle_mentions(path, b"ultralytics.nn")
 
 
+def _is_keras(path: Path) -> bool:
+    from toolchain.keras_source import is_keras_source
+
+    return path.suffix.lower() == ".keras" and is_keras_source(path)
+
+
+def _tree_sha256(root: Path) -> str:
+    """One digest over a folder: every file's relative path and content, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + _sha256(path).encode())
+    return digest.hexdigest()
+
+
 def _packaged_ultralytics_cfg(name: str) -> bool:
     """A model yaml that ships inside the ultralytics package (yolo11n.yaml): no download needed."""
     if not name.endswith((".yaml", ".yml")) or "/" in name:
@@ -125,7 +141,17 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
             return _ultralytics_source(model, hashlib.sha256(model.encode()).hexdigest())
         raise UserInputError(
             f"model {model} does not exist",
-            hint="pass an .onnx, TorchScript, .pt2, Ultralytics .pt/.yaml file or package.module:factory",
+            hint="pass an .onnx, TorchScript, .pt2, Ultralytics .pt/.yaml, .keras file, SavedModel folder "
+            "or package.module:factory",
+        )
+    if path.is_dir():
+        from toolchain.keras_source import is_keras_source
+
+        if is_keras_source(path):
+            return SourceModel(str(path), "saved-model", _tree_sha256(path))
+        raise UserInputError(
+            f"model {model} is a folder but not a TensorFlow SavedModel (no saved_model.pb in it)",
+            hint="pass a model file, or a folder written by tf.saved_model.save / model.export",
         )
     if not path.is_file() or not os.access(path, os.R_OK):
         raise UserInputError(
@@ -140,7 +166,7 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
     raise UserInputError(
         f"{model} is not a model edgectl can read",
         hint="supported: .onnx, TorchScript (torch.jit.save), torch.export (.pt2), Ultralytics .pt/.yaml, "
-        "or package.module:factory with --weights",
+        "Keras .keras or a SavedModel folder, or package.module:factory with --weights",
     )
 
 
@@ -336,7 +362,7 @@ def _export_onnx(source: SourceModel, shape: list[int], dest: Path, opset: int) 
 @dataclass(frozen=True)
 class SourceKind:
     detect: Callable[[Path], bool]
-    export: Callable[[SourceModel, list[int], Path, int], None]
+    export: Callable[[SourceModel, list[int], Path, int], None] | None  # to ONNX; None: TensorFlow only
     needs: str  # module that must be importable
 
 
@@ -347,4 +373,11 @@ SOURCE_KINDS: dict[str, SourceKind] = {
     "torchscript": SourceKind(_is_torchscript, _export_torch, "torch"),
     "ultralytics": SourceKind(_is_ultralytics, _export_ultralytics, "ultralytics"),
     "torch-entrypoint": SourceKind(lambda _p: False, _export_torch, "torch"),
+    "keras": SourceKind(_is_keras, None, "tensorflow"),
+    "saved-model": SourceKind(lambda _p: False, None, "tensorflow"),  # a folder, found by resolve_source
 }
+
+
+def is_tensorflow_source(source: SourceModel) -> bool:
+    """A source with no ONNX export: only converters that start from a SavedModel take it."""
+    return SOURCE_KINDS[source.kind].export is None

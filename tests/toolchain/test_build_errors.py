@@ -38,8 +38,10 @@ def test_unknown_target_suggests_the_close_one(digits, keys, tmp_path, capsys):
 
 
 def test_target_without_converter_says_so(digits, keys, tmp_path, capsys):
-    result = run(capsys, "build", digits.model, "--target", "rpi4", *_base(digits, keys, tmp_path / "o"))
-    _assert_clean_failure(result, "tflite converter", "not have yet")
+    result = run(
+        capsys, "build", digits.model, "--target", "jetson-nano", *_base(digits, keys, tmp_path / "o")
+    )
+    _assert_clean_failure(result, "tensorrt converter", "not have yet")
 
 
 def test_unsupported_precision(digits, keys, tmp_path, capsys):

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
 
 def build_command(
     model: str = typer.Argument(
-        ..., help="ONNX, TorchScript, .pt2, Ultralytics .pt/.yaml, or package.module:factory."
+        ...,
+        help="ONNX, TorchScript, .pt2, Ultralytics .pt/.yaml, .keras, SavedModel folder, or package.module:factory.",
     ),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target profile; repeat for several."),
     precision: str = typer.Option(

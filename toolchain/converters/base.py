@@ -56,6 +56,7 @@ class ConverterResult:
     validation: ValidationReport | None = None  # the primary artifact's (artifacts[0]), when already judged
     repair: LayerRepair | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    converter: str | None = None  # the tool chain used, when it depends on the source (default: the name)
 
 
 class Converter:

@@ -10,12 +10,14 @@ build fails, in this order:
 1. selective quantization: the ops whose quantization moves the outputs most
    (ranked one at a time, as for ONNX Runtime) stay in float, the fewest that
    pass the gate, up to a quarter of the ops;
-2. int16 activations with int8 weights, if (1) cannot pass within that bound.
+2. int16 activations with int8 weights, if (1) cannot pass within that bound
+   (float inputs only: TensorFlow cannot calibrate int16x8 with integer inputs).
 
 The report names the repair and lists every attempt. A profile may ask for
 companion artifacts in the same bundle (`options.companion_artifacts`):
 `gpu-fp16` (an fp16 TFLite for the GPU delegate) and `ort` (an ONNX Runtime
-Mobile `.ort` file of the validated ONNX Runtime INT8 or FP32 model).
+Mobile `.ort` file of the validated ONNX Runtime INT8 or FP32 model; not for
+Keras sources, which have no ONNX model, and the report says so).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ FP16_NOTE = (
     "a GPU delegate computes in fp16"
 )
 
+KERAS_CONVERTER = "tflite-converter"  # a Keras source skips onnx2tf
+NO_ORT_NOTE = "no ONNX Runtime Mobile .ort file: a Keras source has no ONNX model to make it from"
+
 
 def _metric_value(report: ValidationReport) -> float:
     metric = report.metric or "cosine"
@@ -51,11 +56,9 @@ class TFLiteConverter(Converter):
     def convert(self, ctx: BuildContext) -> ConverterResult:
         from toolchain.tflite_quantize import TFLiteQuantizer
 
-        versions = {
-            "tensorflow": version_of("tensorflow"),
-            "onnx2tf": version_of("onnx2tf"),
-            "ai-edge-litert": version_of("ai-edge-litert"),
-        }
+        versions = {"tensorflow": version_of("tensorflow"), "ai-edge-litert": version_of("ai-edge-litert")}
+        if ctx.saved_model is None:
+            versions["onnx2tf"] = version_of("onnx2tf")
         companions = list(ctx.profile.options.get("companion_artifacts", []))
         unknown = sorted(set(companions) - set(COMPANIONS))
         if unknown:
@@ -86,10 +89,18 @@ class TFLiteConverter(Converter):
             gpu = ctx.workdir / "model_fp16.tflite"
             gpu.write_bytes(quantizer.float16())
             artifacts.append(ConvertedArtifact(gpu, "gpu", "tflite", "fp16", notes=[FP16_NOTE]))
-        if "ort" in companions:
+        if "ort" in companions and ctx.fp32_onnx is None:
+            artifacts[0].notes.append(NO_ORT_NOTE)
+        elif "ort" in companions:
             artifacts.append(self._ort(ctx))
             versions["onnxruntime"] = version_of("onnxruntime")
-        return ConverterResult(artifacts, validation=report, repair=repair, versions=versions)
+        return ConverterResult(
+            artifacts,
+            validation=report,
+            repair=repair,
+            versions=versions,
+            converter=KERAS_CONVERTER if ctx.saved_model is not None else None,
+        )
 
     def _primary(
         self, ctx: BuildContext, quantizer
@@ -117,11 +128,11 @@ class TFLiteConverter(Converter):
         if report.passed:
             final.write_bytes(first.read_bytes())
             return final, report, None
-        path, report, repair = self._repair(ctx, quantizer, write, report)
+        path, report, repair = self._repair(ctx, quantizer, write, first, report)
         final.write_bytes(path.read_bytes())
         return final, report, repair
 
-    def _repair(self, ctx: BuildContext, quantizer, write, full_report: ValidationReport):
+    def _repair(self, ctx: BuildContext, quantizer, write, full_int8: Path, full_report: ValidationReport):
         from toolchain import repair
 
         metric = full_report.metric or "cosine"
@@ -155,6 +166,12 @@ class TFLiteConverter(Converter):
             )
             return outcome.path, outcome.report.model_copy(update={"repair": summary}), summary
 
+        if quantizer.input_dtype.kind in "iu":
+            # TensorFlow's int16x8 mode cannot calibrate integer inputs (token ids): nothing left to try
+            summary = LayerRepair(
+                method="none", layers_kept_float=[], candidates_ranked=len(ranked), attempts=attempts
+            )
+            return full_int8, full_report.model_copy(update={"repair": summary}), summary
         ctx.progress("int16 activations (TFLite)", 0, 1)
         path = write(quantizer.int16x8())
         report = ctx.evaluate(path)
