@@ -1,1 +1,1 @@
-"""Reserved for the mobile_export issue; nothing here yet (see README's feature table)."""
+"""Bundles into mobile app projects: `android` (LiteRT assets, model-info.json, Kotlin runner); `common` for all."""

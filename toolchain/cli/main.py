@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from toolchain.cli import build, bundles, demo, keys, targets
+from toolchain.cli import build, bundles, demo, export, keys, targets
 
 app = typer.Typer(
     name="edgectl",
@@ -23,6 +23,7 @@ targets.register(app)
 build.register(app)
 bundles.register(app)
 keys.register(app)
+export.register(app)
 demo.register(app)
 
 

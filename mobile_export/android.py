@@ -1,0 +1,903 @@
+"""`edgectl export android`: a verified LiteRT bundle as the files an Android app project takes.
+
+    OUT/
+      assets/          every artifact of the bundle (.tflite for LiteRT, .ort for ONNX Runtime Mobile)
+                       and labels.txt: copy into app/src/main/assets/
+      model-info.json  exact tensors (shape, dtype, layout, scale and zero point), normalization, labels,
+                       per-artifact delegates, validation and benchmark, the size check, file hashes
+      ModelRunner.kt   LiteRT Interpreter code with this model's shapes, types and normalization filled in
+      README.md        what each file is for, and the Gradle lines
+
+Each .tflite also carries model-info in the model's own metadata table, under
+`edgectl_model_info`, so a model file that travels alone still says how to
+feed it. That embedded copy leaves out `files` and `size`: a file cannot hold
+its own hash. The hashes and sizes in model-info.json are of the files as
+written, metadata included.
+
+The metadata goes in by rewriting the flatbuffer with the schema's object API
+(ai-edge-litert ships the generated schema), as TFLite's own flatbuffer tools
+do; tflite-support's metadata writer is not used because it pins protobuf 3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import textwrap
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgebundle import sha256_file
+from edgebundle.manifest import Artifact, Manifest
+from mobile_export.common import (
+    MB,
+    BenchmarkSummary,
+    ExportedFile,
+    Normalization,
+    SizeCheck,
+    TensorInfo,
+    ValidationSummary,
+    app_download_limit_mb,
+    benchmark_summary,
+    check_out_dir,
+    check_size,
+    normalization,
+    open_bundle,
+    require_runtime,
+    staged_output,
+    tensor_info,
+    validation_summary,
+)
+from toolchain.errors import UserInputError
+
+MODEL_INFO_SCHEMA = "edgectl.android-model-info/1"
+METADATA_NAME = "edgectl_model_info"
+RUNTIMES = ("tflite",)
+COMMAND = "edgectl export android"
+ASSETS = "assets"
+MODEL_INFO = "model-info.json"
+SNIPPET = "ModelRunner.kt"
+README = "README.md"
+LABELS = "labels.txt"
+DEFAULT_PACKAGE = "com.example.model"
+# The Interpreter API line of LiteRT on Google Maven (2.x moves to the CompiledModel API).
+LITERT_VERSION = "1.4.1"
+_RUNTIME_OF_FORMAT = {"tflite": "litert", "ort": "onnxruntime-mobile"}
+_PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AndroidArtifact(_Model):
+    path: str = Field(description="Relative to the output folder, under assets/.")
+    role: str = Field(
+        description="model: the primary; gpu: fp16 for the GPU delegate; ort: ONNX Runtime Mobile."
+    )
+    format: str
+    precision: str
+    runtime: str = Field(description="litert or onnxruntime-mobile.")
+    delegates: list[str] = Field(description="Where it runs well: xnnpack (CPU), nnapi, gpu; cpu for ORT.")
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    validation: ValidationSummary | None = None
+    benchmark: BenchmarkSummary | None = Field(default=None, description="Measured on the build host.")
+    metadata_embedded: bool = Field(description=f"model-info is in the file's metadata as {METADATA_NAME!r}.")
+
+
+class BundleInfo(_Model):
+    name: str
+    version: int
+    target: str
+    runtime: str
+    precision: str
+    created_at: str
+    key_id: str | None
+    source_kind: str
+    source_filename: str
+    source_sha256: str
+
+
+class AndroidModelInfo(_Model):
+    """model-info.json; the copy embedded in each .tflite has no `files` and no `size`."""
+
+    schema_id: Literal["edgectl.android-model-info/1"] = Field(default=MODEL_INFO_SCHEMA, alias="schema")
+    bundle: BundleInfo
+    task: str
+    labels: list[str]
+    labels_file: str | None = Field(description="Relative to the output folder; None without labels.")
+    normalization: Normalization
+    artifacts: list[AndroidArtifact]
+    files: list[ExportedFile] = Field(default_factory=list, description="Every asset as written.")
+    size: SizeCheck | None = None
+
+    def document(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+
+    def embedded(self) -> bytes:
+        core = self.model_dump(mode="json", by_alias=True, exclude={"files", "size"})
+        return json.dumps(core, separators=(",", ":")).encode()
+
+
+class ExportResult(_Model):
+    """What `--json` prints (under schema edgectl.export/1)."""
+
+    platform: Literal["android"] = "android"
+    bundle: str
+    name: str
+    version: int
+    target: str
+    out: str
+    model_info: str = MODEL_INFO
+    snippet: str = SNIPPET
+    files: list[ExportedFile] = Field(description="Every file written, relative to out.")
+    size: SizeCheck
+    warnings: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the export
+
+
+def export_android(
+    bundle: Path,
+    out: Path,
+    public_key: Path | None,
+    *,
+    force: bool = False,
+    size_limit_mb: float | None = None,
+    package: str = DEFAULT_PACKAGE,
+) -> ExportResult:
+    """Verify `bundle`, then write assets, model-info.json, ModelRunner.kt and README.md to `out` at once."""
+    if not _PACKAGE_RE.match(package):
+        raise UserInputError(
+            f"--package {package!r} is not a Kotlin package name", hint="e.g. com.example.app"
+        )
+    if size_limit_mb is not None and size_limit_mb <= 0:
+        raise UserInputError(f"--size-limit-mb must be positive, got {size_limit_mb:g}", hint="e.g. 150")
+    check_out_dir(Path(out), force)
+    with open_bundle(bundle, public_key) as verified:
+        manifest = verified.manifest
+        require_runtime(
+            manifest,
+            RUNTIMES,
+            COMMAND,
+            "build a LiteRT bundle first: edgectl build MODEL --target android",
+        )
+        limit_mb = size_limit_mb if size_limit_mb is not None else app_download_limit_mb(manifest.target)
+        has_labels = (verified.root / LABELS).is_file() or bool(manifest.postprocessing.labels)
+        raw = sum(f.size for f in manifest.files if f.path in {a.path for a in manifest.artifacts} | {LABELS})
+        _refuse_over(check_size(raw, limit_mb), manifest.target)  # before any work on a hopeless export
+        warnings: list[str] = []
+        embed = _metadata_tools_available()
+        if not embed:
+            warnings.append(
+                "ai-edge-litert is not installed: model-info is not embedded in the .tflite files "
+                "(install it with: pip install 'edgectl[tflite]')"
+            )
+        info = model_info(manifest, has_labels=has_labels, embed=embed)
+        payload = info.embedded()
+        with staged_output(Path(out), force) as work:
+            assets = work / ASSETS
+            assets.mkdir()
+            for artifact in manifest.artifacts:
+                source, dest = verified.root / artifact.path, assets / artifact.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if artifact.format == "tflite" and embed:
+                    dest.write_bytes(embed_metadata(source.read_bytes(), payload))
+                else:
+                    shutil.copyfile(source, dest)
+            if (verified.root / LABELS).is_file():
+                shutil.copyfile(verified.root / LABELS, assets / LABELS)
+            elif manifest.postprocessing.labels:
+                (assets / LABELS).write_text("\n".join(manifest.postprocessing.labels) + "\n")
+            files = [_exported(work, path) for path in sorted(assets.rglob("*")) if path.is_file()]
+            size = check_size(sum(f.size for f in files), limit_mb)
+            _refuse_over(size, manifest.target)
+            if size.status == "warn":
+                warnings.append(size.message(manifest.target))
+            info = info.model_copy(update={"files": files, "size": size})
+            (work / MODEL_INFO).write_text(info.document())
+            (work / SNIPPET).write_text(kotlin_runner(manifest, info, package))
+            (work / README).write_text(readme(info))
+            written = [_exported(work, path) for path in sorted(work.rglob("*")) if path.is_file()]
+    return ExportResult(
+        bundle=str(bundle),
+        name=manifest.name,
+        version=manifest.version,
+        target=manifest.target,
+        out=str(out),
+        files=written,
+        size=size,
+        warnings=warnings,
+    )
+
+
+def _refuse_over(size: SizeCheck, target: str) -> None:
+    if size.status == "over":
+        raise UserInputError(
+            size.message(target),
+            hint="build at a lower precision, ship the model outside the base download (Play Asset Delivery), "
+            "or pass --size-limit-mb",
+        )
+
+
+def _exported(root: Path, path: Path) -> ExportedFile:
+    return ExportedFile(
+        path=path.relative_to(root).as_posix(), size=path.stat().st_size, sha256=sha256_file(path)
+    )
+
+
+# --------------------------------------------------------------------------- model-info
+
+
+def model_info(manifest: Manifest, *, has_labels: bool, embed: bool) -> AndroidModelInfo:
+    """model-info for `manifest`, without files and size (those need the written files)."""
+    delegates = _profile_delegates(manifest.target)
+    image_layout = manifest.preprocessing.layout if manifest.preprocessing.input == "image" else None
+    artifacts = []
+    for index, artifact in enumerate(manifest.artifacts):
+        validation = artifact.validation or (manifest.validation if index == 0 else None)
+        benchmark = artifact.benchmark or (manifest.benchmark if index == 0 else None)
+        artifacts.append(
+            AndroidArtifact(
+                path=f"{ASSETS}/{artifact.path}",
+                role=artifact.role,
+                format=artifact.format,
+                precision=artifact.precision,
+                runtime=_RUNTIME_OF_FORMAT.get(artifact.format, artifact.format),
+                delegates=_delegates_for(artifact, delegates),
+                inputs=[tensor_info(t, image_layout) for t in artifact.inputs],
+                outputs=[tensor_info(t) for t in artifact.outputs],
+                validation=validation_summary(validation),
+                benchmark=benchmark_summary(benchmark),
+                metadata_embedded=embed and artifact.format == "tflite",
+            )
+        )
+    return AndroidModelInfo(
+        bundle=BundleInfo(
+            name=manifest.name,
+            version=manifest.version,
+            target=manifest.target,
+            runtime=manifest.runtime,
+            precision=manifest.precision,
+            created_at=manifest.created_at,
+            key_id=manifest.key_id,
+            source_kind=manifest.source.kind,
+            source_filename=manifest.source.filename,
+            source_sha256=manifest.source.sha256,
+        ),
+        task=manifest.postprocessing.task,
+        labels=list(manifest.postprocessing.labels),
+        labels_file=f"{ASSETS}/{LABELS}" if has_labels else None,
+        normalization=normalization(manifest.preprocessing),
+        artifacts=artifacts,
+    )
+
+
+def _profile_delegates(target: str) -> list[str]:
+    """The delegates the target profile names (`delegates` or `delegate`); XNNPACK when it names none."""
+    from targets import UnknownTargetError, get_profile
+
+    try:
+        options = get_profile(target).options
+    except UnknownTargetError:
+        return ["xnnpack"]
+    named = options.get("delegates") or options.get("delegate") or ["xnnpack"]
+    return [named] if isinstance(named, str) else list(named)
+
+
+def _delegates_for(artifact: Artifact, available: list[str]) -> list[str]:
+    if artifact.format != "tflite":
+        return ["cpu"]
+    if artifact.precision == "int8":
+        wanted = ("xnnpack", "nnapi")  # the GPU delegate dequantizes INT8: no gain there
+    elif artifact.role == "gpu":
+        wanted = ("gpu",)
+    else:
+        wanted = ("xnnpack", "gpu")
+    return [d for d in wanted if d in available] or ["xnnpack"]
+
+
+def _profile_threads(target: str) -> int:
+    from targets import UnknownTargetError, get_profile
+
+    try:
+        return get_profile(target).threads or 4
+    except UnknownTargetError:
+        return 4
+
+
+# --------------------------------------------------------------------------- TFLite metadata
+
+
+def _metadata_tools_available() -> bool:
+    from toolchain.deps import is_available
+
+    return is_available("ai_edge_litert") and is_available("flatbuffers")
+
+
+class _AlignedBuffer:
+    """Packs a BufferT with its data 16-byte aligned, as the schema's `force_align: 16` asks.
+
+    The generated Python object API ignores force_align; TensorFlow's converter
+    honours it, and constant tensors read in place from a memory-mapped model
+    keep the alignment they were written with.
+    """
+
+    def __init__(self, buffer) -> None:
+        self.buffer = buffer
+
+    def Pack(self, builder):  # the name the flatbuffers object API calls
+        from ai_edge_litert import schema_py_generated as schema
+
+        data = None
+        if self.buffer.data is not None:
+            payload = bytes(memoryview(self.buffer.data).cast("B"))
+            builder.Prep(16, len(payload))
+            data = builder.CreateByteVector(payload)
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, self.buffer.offset)
+        schema.BufferAddSize(builder, self.buffer.size)
+        return schema.BufferEnd(builder)
+
+
+def embed_metadata(model: bytes, payload: bytes, name: str = METADATA_NAME) -> bytes:
+    """`model` with `payload` in its metadata table under `name` (replacing an entry of that name).
+
+    Tensors, operators and signatures are packed back unchanged; the model
+    gives the same outputs. Refuses bytes that are not a TFLite flatbuffer.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if len(model) < 8 or model[4:8] != b"TFL3":
+        raise UserInputError(
+            "an artifact marked tflite is not a TFLite flatbuffer", hint="rebuild the bundle"
+        )
+    tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    kept = [m for m in (tree.metadata or []) if _text(m.name) != name]
+    buffer = schema.BufferT()
+    buffer.data = bytearray(payload)
+    tree.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(tree.buffers) - 1
+    tree.metadata = [*kept, entry]
+    tree.buffers = [_AlignedBuffer(b) for b in tree.buffers]
+    builder = flatbuffers.Builder(len(model) + len(payload) + 1024)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    result = bytes(builder.Output())
+    if read_metadata(result, name) != payload:  # a bug here, not the user's input: no UserInputError
+        raise RuntimeError(f"metadata {name!r} did not read back from the rewritten model")
+    return result
+
+
+def read_metadata(model: bytes, name: str = METADATA_NAME) -> bytes | None:
+    """The bytes stored under `name` in a TFLite model's metadata table, None when absent."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    for index in range(root.MetadataLength()):
+        entry = root.Metadata(index)
+        if _text(entry.Name()) == name:
+            buffer = root.Buffers(entry.Buffer())
+            if buffer.Offset():  # data stored after the flatbuffer (models over 2 GB)
+                return bytes(model[buffer.Offset() : buffer.Offset() + buffer.Size()])
+            return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    return None
+
+
+def read_model_info(path: Path) -> AndroidModelInfo | None:
+    """The model-info embedded in an exported .tflite file, None when it has none."""
+    payload = read_metadata(Path(path).read_bytes())
+    return None if payload is None else AndroidModelInfo.model_validate_json(payload)
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --------------------------------------------------------------------------- Kotlin
+
+
+def kotlin_float(value: float) -> str:
+    """The shortest Kotlin Float literal that reads back as the same float32."""
+    target = struct.unpack("<f", struct.pack("<f", value))[0]
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == target:
+            break
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return f"{text}f"
+
+
+def _kotlin_tensor(spec: TensorInfo) -> str:
+    shape = ", ".join(str(d) for d in spec.shape)
+    args = [f"intArrayOf({shape})", f"DType.{spec.dtype.upper()}"]
+    if spec.quantization is not None:
+        args += [kotlin_float(spec.quantization.scale), str(spec.quantization.zero_point)]
+    if spec.layout == "NCHW":
+        args.append("nchw = true")
+    return f"TensorSpec({', '.join(args)})"
+
+
+def _kotlin_model(artifact: AndroidArtifact) -> str:
+    """A ModelSpec expression, indented for the companion object."""
+    inputs = "".join(f"                {_kotlin_tensor(t)},\n" for t in artifact.inputs)
+    outputs = "".join(f"                {_kotlin_tensor(t)},\n" for t in artifact.outputs)
+    return (
+        f'ModelSpec(\n            "{_asset(artifact)}",\n'
+        f"            inputs = listOf(\n{inputs}            ),\n"
+        f"            outputs = listOf(\n{outputs}            ),\n        )"
+    )
+
+
+def _comment(text: str) -> str:
+    return " ".join(str(text).split()).replace("*/", "* /")
+
+
+def _tensor_line(spec: TensorInfo) -> str:
+    text = f"{_comment(spec.name)} {spec.shape} {spec.dtype}" + (f" {spec.layout}" if spec.layout else "")
+    if spec.quantization is not None:
+        scale, zero_point = spec.quantization.scale, spec.quantization.zero_point
+        shifted = f"q - {zero_point}" if zero_point >= 0 else f"q + {-zero_point}"
+        text += f", real = ({shifted}) * {scale:.9g}"
+    return text
+
+
+def kotlin_runner(manifest: Manifest, info: AndroidModelInfo, package: str) -> str:
+    """ModelRunner.kt: LiteRT Interpreter code for this model, with its numbers filled in."""
+    tflite = [a for a in info.artifacts if a.runtime == "litert"]
+    cpu = next((a for a in tflite if a.role == "model"), tflite[0])
+    gpu = next((a for a in tflite if a.role == "gpu"), None)
+    if gpu is None and cpu.precision != "int8" and "gpu" in cpu.delegates:
+        gpu = cpu  # a float primary runs on the GPU delegate itself
+    first, pre = cpu.inputs[0], info.normalization
+    image = (
+        pre.input == "image" and first.layout in ("NHWC", "NCHW") and first.dtype not in ("int32", "int64")
+    )
+    tokens = first.dtype in ("int32", "int64") and len(first.shape) <= 2
+    values = {
+        "PACKAGE": package,
+        "NAME": manifest.name,
+        "VERSION": str(manifest.version),
+        "TARGET": manifest.target,
+        "LITERT_VERSION": LITERT_VERSION,
+        "CPU_ASSET": _asset(cpu),
+        "GPU_ASSET": _asset(gpu) if gpu is not None else "",
+        "INPUT_LINES": "\n".join(f"//   input  {_tensor_line(t)}" for t in cpu.inputs),
+        "OUTPUT_LINES": "\n".join(f"//   output {_tensor_line(t)}" for t in cpu.outputs),
+        "TASK": info.task,
+        "NMS": _nms_comment(manifest),
+        "COLOR": pre.color,
+        "PIXEL_SCALE": kotlin_float(pre.scale),
+        "FILL": str(pre.letterbox_fill),
+        "LAYOUT": first.layout or "",
+    }
+    constants = [f"const val THREADS = {_profile_threads(manifest.target)}"]
+    if info.labels_file:
+        constants.append(f'const val LABELS_ASSET = "{info.labels_file.removeprefix(ASSETS + "/")}"')
+    if image:
+        channels = _channels(first)
+        height, width = (first.shape[1], first.shape[2]) if first.layout == "NHWC" else first.shape[2:4]
+        widen = lambda v: [v[0]] * channels if len(v) == 1 else list(v)  # noqa: E731
+        values.update({"HEIGHT": str(height), "WIDTH": str(width)})
+        constants += [
+            f"const val HEIGHT = {height}",
+            f"const val WIDTH = {width}",
+            f"const val CHANNELS = {channels}",
+            f"const val PIXEL_SCALE = {kotlin_float(pre.scale)}",
+            f"val MEAN = floatArrayOf({', '.join(kotlin_float(v) for v in widen(pre.mean))})",
+            f"val STD = floatArrayOf({', '.join(kotlin_float(v) for v in widen(pre.std))})",
+        ]
+    constants.append(f"val CPU_MODEL = {_kotlin_model(cpu)}")
+    if gpu is not None:
+        constants.append(f"val GPU_MODEL = {_kotlin_model(gpu)}")
+
+    imports = [
+        *_KT_IMPORTS,
+        *(_KT_GPU_IMPORTS if gpu is not None else ()),
+        *(_KT_IMAGE_IMPORTS if image else ()),
+    ]
+    values["IMPORTS"] = "\n".join(f"import {name}" for name in sorted(imports))
+    values["GPU_GRADLE"] = (
+        "\n//   and, for the GPU delegate, litert-gpu and litert-gpu-api (same group and version)"
+        if gpu
+        else ""
+    )
+    parts = [_KT_HEADER, _KT_RUNNER_GPU if gpu is not None else _KT_RUNNER_CPU]
+    if info.labels_file:
+        parts.append(_KT_LABELS)
+    parts += [_KT_RUN, _KT_FLOATS]
+    if image:
+        parts.append(_KT_IMAGE)
+        parts.append(_KT_LETTERBOX if pre.resize_mode == "letterbox" else _KT_STRETCH)
+        parts.append(_KT_CHANNEL["GRAY" if _channels(first) == 1 else pre.color])
+        if len(cpu.inputs) == 1:
+            parts.append(_KT_RUN_BITMAP)
+            if info.task == "classify" and info.labels_file:
+                parts.append(_KT_CLASSIFY)
+    if tokens:
+        parts.append(_KT_TOKENS)
+    parts.append(textwrap.indent(_KT_TYPES, "    "))
+    parts.append("\n    companion object {\n" + "".join(f"        {line}\n" for line in constants))
+    parts.append(_KT_LOAD)
+    return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], "".join(parts))
+
+
+def _asset(artifact: AndroidArtifact) -> str:
+    return artifact.path.removeprefix(f"{ASSETS}/")
+
+
+def _channels(spec: TensorInfo) -> int:
+    return {"NHWC": spec.shape[-1], "NCHW": spec.shape[1]}.get(spec.layout or "", 1)
+
+
+def _nms_comment(manifest: Manifest) -> str:
+    nms = manifest.postprocessing.nms
+    if manifest.postprocessing.task != "detect" or nms is None:
+        return ""
+    return (
+        f"\n// Detector output ({nms.output_format}): (batch, 4 + classes, anchors), boxes cx, cy, w, h in input"
+        f"\n// pixels; apply NMS with conf {nms.conf_threshold:g}, IoU {nms.iou_threshold:g}, "
+        f"at most {nms.max_detections} boxes."
+    )
+
+
+_KT_HEADER = """\
+// Generated by `edgectl export android` for @NAME@ v@VERSION@ (bundle target @TARGET@).
+// The numbers come from the bundle's signed manifest: export again when the model changes.
+//
+// Gradle: implementation("com.google.ai.edge.litert:litert:@LITERT_VERSION@")@GPU_GRADLE@
+// Copy assets/ into app/src/main/assets/; memory mapping needs them stored uncompressed:
+//   android { androidResources { noCompress += listOf("tflite") } }
+//
+// @CPU_ASSET@, task @TASK@:
+@INPUT_LINES@
+@OUTPUT_LINES@@NMS@
+package @PACKAGE@
+
+@IMPORTS@
+"""
+
+_KT_IMPORTS = (
+    "android.content.Context",
+    "android.util.Half",
+    "java.io.FileInputStream",
+    "java.nio.ByteBuffer",
+    "java.nio.ByteOrder",
+    "java.nio.MappedByteBuffer",
+    "java.nio.channels.FileChannel",
+    "org.tensorflow.lite.Interpreter",
+)
+_KT_GPU_IMPORTS = ("org.tensorflow.lite.gpu.CompatibilityList", "org.tensorflow.lite.gpu.GpuDelegate")
+_KT_IMAGE_IMPORTS = ("android.graphics.Bitmap",)
+
+_KT_TYPES = """
+enum class DType(val bytes: Int) { FLOAT32(4), FLOAT16(2), INT8(1), UINT8(1), INT32(4), INT64(8) }
+
+/** One tensor as the interpreter sees it; integer tensors hold real = (q - zeroPoint) * scale. */
+class TensorSpec(
+    val shape: IntArray,
+    val dtype: DType,
+    val scale: Float = 0f,
+    val zeroPoint: Int = 0,
+    val nchw: Boolean = false,
+) {
+    val elements: Int = shape.fold(1) { n, d -> n * d }
+    val byteSize: Int = elements * dtype.bytes
+
+    fun allocate(): ByteBuffer = ByteBuffer.allocateDirect(byteSize).order(ByteOrder.nativeOrder())
+
+    /** Writes the real value at element [index], quantized when the tensor is integer. */
+    fun set(buffer: ByteBuffer, index: Int, value: Float) {
+        when (dtype) {
+            DType.FLOAT32 -> buffer.putFloat(index * 4, value)
+            DType.FLOAT16 -> buffer.putShort(index * 2, Half.toHalf(value))
+            DType.INT8 -> buffer.put(index, quantize(value, -128, 127).toByte())
+            DType.UINT8 -> buffer.put(index, quantize(value, 0, 255).toByte())
+            DType.INT32 -> buffer.putInt(index * 4, quantize(value, Int.MIN_VALUE, Int.MAX_VALUE))
+            DType.INT64 -> buffer.putLong(index * 8, value.toLong())
+        }
+    }
+
+    /** Writes an integer as it is (token ids, class ids): no scale, no zero point. */
+    fun setRaw(buffer: ByteBuffer, index: Int, value: Int) {
+        when (dtype) {
+            DType.FLOAT32 -> buffer.putFloat(index * 4, value.toFloat())
+            DType.FLOAT16 -> buffer.putShort(index * 2, Half.toHalf(value.toFloat()))
+            DType.INT8, DType.UINT8 -> buffer.put(index, value.toByte())
+            DType.INT32 -> buffer.putInt(index * 4, value)
+            DType.INT64 -> buffer.putLong(index * 8, value.toLong())
+        }
+    }
+
+    /** The real value of element [index], dequantized when the tensor is integer. */
+    fun get(buffer: ByteBuffer, index: Int): Float = when (dtype) {
+        DType.FLOAT32 -> buffer.getFloat(index * 4)
+        DType.FLOAT16 -> Half.toFloat(buffer.getShort(index * 2))
+        DType.INT8 -> dequantize(buffer.get(index).toInt())
+        DType.UINT8 -> dequantize(buffer.get(index).toInt() and 0xFF)
+        DType.INT32 -> dequantize(buffer.getInt(index * 4))
+        DType.INT64 -> buffer.getLong(index * 8).toFloat()
+    }
+
+    private fun quantize(value: Float, min: Int, max: Int): Int {
+        val q = if (scale == 0f) Math.round(value) else Math.round(value / scale) + zeroPoint
+        return q.coerceIn(min, max)
+    }
+
+    private fun dequantize(q: Int): Float = if (scale == 0f) q.toFloat() else (q - zeroPoint) * scale
+}
+
+class ModelSpec(val asset: String, val inputs: List<TensorSpec>, val outputs: List<TensorSpec>)
+"""
+
+_KT_RUNNER_CPU = """
+/** Runs @CPU_ASSET@ with the LiteRT Interpreter (XNNPACK on the CPU). Not thread-safe: one per thread. */
+class ModelRunner(context: Context, threads: Int = THREADS) : AutoCloseable {
+    val spec: ModelSpec = CPU_MODEL
+    private val interpreter = Interpreter(loadModel(context, spec.asset), Interpreter.Options().setNumThreads(threads))
+
+    init {
+        checkShapes()
+    }
+
+    override fun close() {
+        interpreter.close()
+    }
+"""
+
+_KT_RUNNER_GPU = """
+/**
+ * Runs @CPU_ASSET@ with the LiteRT Interpreter (XNNPACK on the CPU), or with [useGpu] @GPU_ASSET@
+ * on the GPU delegate where the device supports it (else the CPU model). Not thread-safe: one per thread.
+ */
+class ModelRunner(context: Context, useGpu: Boolean = false, threads: Int = THREADS) : AutoCloseable {
+    val spec: ModelSpec
+    private var gpuDelegate: GpuDelegate? = null
+    private val interpreter: Interpreter
+
+    init {
+        val options = Interpreter.Options().setNumThreads(threads)
+        var chosen = CPU_MODEL
+        if (useGpu) {
+            CompatibilityList().use { compatibility ->
+                if (compatibility.isDelegateSupportedOnThisDevice) {
+                    val delegate = GpuDelegate(compatibility.bestOptionsForThisDevice)
+                    gpuDelegate = delegate
+                    options.addDelegate(delegate)
+                    chosen = GPU_MODEL
+                }
+            }
+        }
+        spec = chosen
+        interpreter = Interpreter(loadModel(context, spec.asset), options)
+        checkShapes()
+    }
+
+    val usesGpu: Boolean get() = gpuDelegate != null
+
+    override fun close() {
+        interpreter.close()
+        gpuDelegate?.close()
+    }
+"""
+
+_KT_LABELS = """
+    val labels: List<String> =
+        context.assets.open(LABELS_ASSET).bufferedReader().use { reader -> reader.readLines().filter { it.isNotBlank() } }
+"""
+
+_KT_RUN = """
+    private fun checkShapes() {
+        spec.inputs.forEachIndexed { i, tensor ->
+            check(interpreter.getInputTensor(i).shape().contentEquals(tensor.shape)) { "input $i of ${spec.asset} changed" }
+        }
+        spec.outputs.forEachIndexed { i, tensor ->
+            check(interpreter.getOutputTensor(i).shape().contentEquals(tensor.shape)) { "output $i of ${spec.asset} changed" }
+        }
+    }
+
+    /** Runs on filled input buffers (from the input* helpers) and returns every output as real values. */
+    fun run(inputs: List<ByteBuffer>): List<FloatArray> {
+        require(inputs.size == spec.inputs.size) { "${spec.asset} takes ${spec.inputs.size} inputs" }
+        inputs.forEach { it.rewind() }
+        val outputs = spec.outputs.map { it.allocate() }
+        val outputMap: Map<Int, Any> = outputs.withIndex().associate { (i, buffer) -> i to buffer }
+        interpreter.runForMultipleInputsOutputs(inputs.toTypedArray<Any>(), outputMap)
+        return spec.outputs.mapIndexed { i, tensor -> FloatArray(tensor.elements) { tensor.get(outputs[i], it) } }
+    }
+"""
+
+_KT_FLOATS = """
+    /** Input [index] from real values in the tensor's own element order, quantized when it is integer. */
+    fun inputFromFloats(values: FloatArray, index: Int = 0): ByteBuffer {
+        val tensor = spec.inputs[index]
+        require(values.size == tensor.elements) { "input $index takes ${tensor.elements} values" }
+        val buffer = tensor.allocate()
+        values.forEachIndexed { i, value -> tensor.set(buffer, i, value) }
+        return buffer
+    }
+"""
+
+_KT_IMAGE = """
+    /**
+     * Input 0 from a bitmap: resized to @HEIGHT@x@WIDTH@, @COLOR@, x = (pixel * @PIXEL_SCALE@ - MEAN[c]) / STD[c],
+     * written in the model's layout (@LAYOUT@) and quantized when the input is integer.
+     */
+    fun inputFromBitmap(bitmap: Bitmap): ByteBuffer {
+        val tensor = spec.inputs[0]
+        val image = resize(if (bitmap.config == Bitmap.Config.HARDWARE) bitmap.copy(Bitmap.Config.ARGB_8888, false) else bitmap)
+        val pixels = IntArray(WIDTH * HEIGHT)
+        image.getPixels(pixels, 0, WIDTH, 0, 0, WIDTH, HEIGHT)
+        val buffer = tensor.allocate()
+        for (y in 0 until HEIGHT) {
+            for (x in 0 until WIDTH) {
+                val pixel = pixels[y * WIDTH + x]
+                for (c in 0 until CHANNELS) {
+                    val value = (channel(pixel, c) * PIXEL_SCALE - MEAN[c]) / STD[c]
+                    val index = if (tensor.nchw) (c * HEIGHT + y) * WIDTH + x else (y * WIDTH + x) * CHANNELS + c
+                    tensor.set(buffer, index, value)
+                }
+            }
+        }
+        return buffer
+    }
+"""
+
+_KT_STRETCH = """
+    private fun resize(bitmap: Bitmap): Bitmap =
+        if (bitmap.width == WIDTH && bitmap.height == HEIGHT) bitmap else Bitmap.createScaledBitmap(bitmap, WIDTH, HEIGHT, true)
+"""
+
+_KT_LETTERBOX = """
+    /** Letterbox: scaled to fit, centred, the rest filled with gray @FILL@. */
+    private fun resize(bitmap: Bitmap): Bitmap {
+        val ratio = minOf(WIDTH.toFloat() / bitmap.width, HEIGHT.toFloat() / bitmap.height)
+        val w = Math.round(bitmap.width * ratio).coerceIn(1, WIDTH)
+        val h = Math.round(bitmap.height * ratio).coerceIn(1, HEIGHT)
+        val out = Bitmap.createBitmap(WIDTH, HEIGHT, Bitmap.Config.ARGB_8888)
+        val canvas = android.graphics.Canvas(out)
+        canvas.drawColor(android.graphics.Color.rgb(@FILL@, @FILL@, @FILL@))
+        val scaled = Bitmap.createScaledBitmap(bitmap, w, h, true)
+        canvas.drawBitmap(scaled, ((WIDTH - w) / 2).toFloat(), ((HEIGHT - h) / 2).toFloat(), null)
+        return out
+    }
+"""
+
+_KT_CHANNEL = {
+    "RGB": """
+    private fun channel(pixel: Int, c: Int): Float = when (c) {
+        0 -> (pixel shr 16) and 0xFF
+        1 -> (pixel shr 8) and 0xFF
+        else -> pixel and 0xFF
+    }.toFloat()
+""",
+    "BGR": """
+    private fun channel(pixel: Int, c: Int): Float = when (c) {
+        0 -> pixel and 0xFF
+        1 -> (pixel shr 8) and 0xFF
+        else -> (pixel shr 16) and 0xFF
+    }.toFloat()
+""",
+    "GRAY": """
+    /** Luma as the build's validation computed it (ITU-R 601-2, as Pillow's "L"). */
+    @Suppress("UNUSED_PARAMETER")
+    private fun channel(pixel: Int, c: Int): Float {
+        val r = (pixel shr 16) and 0xFF
+        val g = (pixel shr 8) and 0xFF
+        val b = pixel and 0xFF
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) shr 16).toFloat()
+    }
+""",
+}
+
+_KT_RUN_BITMAP = """
+    fun run(bitmap: Bitmap): List<FloatArray> = run(listOf(inputFromBitmap(bitmap)))
+"""
+
+_KT_CLASSIFY = """
+    /** The [top] best labels with their scores as the model outputs them (logits unless it ends in softmax). */
+    fun classify(bitmap: Bitmap, top: Int = 3): List<Pair<String, Float>> {
+        val scores = run(bitmap)[0]
+        return scores.indices.sortedByDescending { scores[it] }.take(top).map { labels.getOrElse(it) { "$it" } to scores[it] }
+    }
+"""
+
+_KT_TOKENS = """
+    /** Input 0 from token ids, cut or padded with [padId] to the model's length. */
+    fun inputFromTokens(ids: IntArray, padId: Int = 0): ByteBuffer {
+        val tensor = spec.inputs[0]
+        val buffer = tensor.allocate()
+        for (i in 0 until tensor.elements) tensor.setRaw(buffer, i, if (i < ids.size) ids[i] else padId)
+        return buffer
+    }
+"""
+
+_KT_LOAD = """
+        fun loadModel(context: Context, asset: String): MappedByteBuffer =
+            context.assets.openFd(asset).use { fd ->
+                FileInputStream(fd.fileDescriptor).use { stream ->
+                    stream.channel.map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
+                }
+            }
+    }
+}
+"""
+
+
+# --------------------------------------------------------------------------- README
+
+
+def readme(info: AndroidModelInfo) -> str:
+    """README.md of the output folder: one line per file, the Gradle lines, the size check."""
+    bundle = info.bundle
+    lines = [
+        f"# {bundle.name} v{bundle.version} for Android",
+        "",
+        f"Exported by `{COMMAND}` from the signed bundle for target `{bundle.target}` "
+        f"(source {bundle.source_filename}, sha256 {bundle.source_sha256[:16]}…).",
+        "",
+        "| file | what it is |",
+        "|---|---|",
+    ]
+    for artifact in info.artifacts:
+        shape = " ".join(f"{t.shape} {t.dtype}" for t in artifact.inputs)
+        lines.append(
+            f"| `{artifact.path}` | {artifact.role}: {artifact.precision} {artifact.format} for "
+            f"{artifact.runtime} ({', '.join(artifact.delegates)}); input {shape} |"
+        )
+    if info.labels_file:
+        lines.append(f"| `{info.labels_file}` | {len(info.labels)} class labels, one per line |")
+    lines += [
+        f"| `{MODEL_INFO}` | tensors, normalization, labels, validation, benchmark, sizes, sha256 "
+        f"(schema {MODEL_INFO_SCHEMA}); also embedded in each .tflite as metadata `{METADATA_NAME}` |",
+        f"| `{SNIPPET}` | LiteRT Interpreter code with this model's shapes and normalization |",
+        "",
+        "## In the app",
+        "",
+        "1. Copy `assets/` into `app/src/main/assets/` (leave out the files the app does not use).",
+        "2. Add to `app/build.gradle.kts`:",
+        "",
+        "```kotlin",
+        "dependencies {",
+        f'    implementation("com.google.ai.edge.litert:litert:{LITERT_VERSION}")',
+        f'    implementation("com.google.ai.edge.litert:litert-gpu:{LITERT_VERSION}")      // GPU delegate',
+        f'    implementation("com.google.ai.edge.litert:litert-gpu-api:{LITERT_VERSION}")',
+        "}",
+        'android { androidResources { noCompress += listOf("tflite") } }',
+        "```",
+        "",
+        f"3. Put `{SNIPPET}` in your sources, set its package, and call "
+        "`ModelRunner(context).use { it.run(...) }`.",
+    ]
+    if any("nnapi" in a.delegates for a in info.artifacts):
+        lines += [
+            "",
+            "NNAPI (`org.tensorflow.lite.nnapi.NnApiDelegate`) runs the INT8 model on Android 8.1 to 14; "
+            "Android 15 deprecates it, so keep the CPU (XNNPACK) path as the default.",
+        ]
+    if any(a.runtime == "onnxruntime-mobile" for a in info.artifacts):
+        lines += [
+            "",
+            "The `.ort` file is for ONNX Runtime Mobile (`com.microsoft.onnxruntime:onnxruntime-android`, "
+            "`OrtEnvironment.getEnvironment().createSession(bytes)`); its input layout is in model-info.json.",
+        ]
+    if info.size is not None:
+        size = info.size
+        lines += [
+            "",
+            f"Assets: {size.total_bytes / MB:.2f} MB, {size.fraction:.1%} of the {size.limit_mb:g} MB app "
+            f"download limit ({size.status}).",
+        ]
+    return "\n".join(lines) + "\n"
