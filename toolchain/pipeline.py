@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgebundle.manifest import (
     Artifact,
+    Lineage,
     Manifest,
     Postprocessing,
     Precision,
@@ -32,6 +33,7 @@ from edgebundle.manifest import (
 )
 from targets import TargetProfile, get_profile, load_profiles
 from toolchain import data as datasets
+from toolchain import device_checks
 from toolchain.converters import BuildContext, get_converter
 from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
@@ -68,6 +70,10 @@ class BuildRequest(BaseModel):
     calib_limit: int = Field(default=128, ge=1)
     val_limit: int = Field(default=5000, ge=1)
     bench_runs: int = Field(default=50, ge=1)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    parent_version: int | None = Field(default=None, ge=1)
+    training_data: str | None = Field(default=None, max_length=1000)
+    trigger: str | None = Field(default=None, max_length=100)
 
     @field_validator("input_shape")
     @classmethod
@@ -217,6 +223,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     pre = _preprocessing(req, source.preprocessing, shape)
     name = req.name or Path(source.location.split(":")[-1]).stem
     calibration = datasets.load_calibration(req.calib, pre, shape, req.calib_limit) if req.calib else None
+    snapshots = {"calib": _array_sha256(calibration)} if calibration is not None else {}
 
     results: list[TargetBuild] = []
     exported: dict[int | str, tuple[Path, bool]] = {}
@@ -244,6 +251,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
         if evaluation is None:
             reporter.stage("loading validation data")
             evaluation = _eval_data(req, task, pre, shape, calibration)
+            if evaluation is not None and evaluation.kind == "val":
+                snapshots["val"] = _array_sha256(evaluation.inputs)
             if evaluation is not None and task == "detect":
                 evaluation.num_classes = len(source.labels) or (outputs[0].shape[1] - 4)
             if evaluation is not None:
@@ -338,6 +347,28 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 target_pre = pre
             if labels:
                 (staging / "labels.txt").write_text("\n".join(labels) + "\n")
+            reporter.stage(f"{profile.name}: recording the health-check sample")
+            sample = device_checks.health_sample(
+                evaluation.inputs if evaluation is not None else calibration,
+                shape,
+                np.dtype(inputs[0].dtype),
+            )
+            health = device_checks.write_health_sample(
+                staging,
+                converted.artifacts[0].path,
+                sample,
+                threads=profile.threads,
+                max_latency_ms=req.latency_budget_ms or profile.options.get("latency_budget_ms"),
+            )
+            drift = None
+            if evaluation is not None and fp32_path in references:
+                drift = device_checks.drift_reference(
+                    evaluation.inputs,
+                    references[fp32_path][0],
+                    task,
+                    None if pre.input == "tensor" else pre.layout,
+                    len(labels) or evaluation.num_classes,
+                )
             manifest = Manifest(
                 name=name,
                 version=req.version,
@@ -356,6 +387,14 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 ),
                 validation=primary.validation,
                 benchmark=primary.benchmark,
+                health=health,
+                drift_reference=drift,
+                lineage=Lineage(
+                    parent_version=req.parent_version,
+                    training_data=req.training_data,
+                    data_snapshots=snapshots,
+                    trigger=req.trigger,
+                ),
             )
             reporter.stage(f"{profile.name}: signing the bundle")
             location = write_bundle(
@@ -376,6 +415,15 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    """A snapshot hash of data as the build used it (after preprocessing): dtype, shape and bytes."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{array.dtype.str}{list(array.shape)}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _check_tensorflow_targets(source, profiles: list[TargetProfile]) -> None:

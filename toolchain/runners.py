@@ -22,6 +22,10 @@ class Runner(Protocol):
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
 
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """The batch exactly as the artifact takes it (layout, dtype, quantization)."""
+        ...
+
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]: ...
 
 
@@ -53,8 +57,11 @@ class OnnxRuntimeRunner:
         self.input_shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
         self.input_dtype = np.dtype(_ORT_TYPES.get(first.type, "float32"))
 
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        return batch.astype(self.input_dtype, copy=False)
+
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: batch})
+        return self.session.run(None, {self.input_name: self.prepare(batch)})
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         def spec(value) -> TensorSpec:
@@ -85,7 +92,7 @@ class LiteRTRunner:
         self.input_dtype = np.dtype(first["dtype"])
         self._outputs = self.interpreter.get_output_details()
 
-    def _prepare(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype == self.input_dtype and list(batch.shape) == self.input_shape:
             return batch
         from toolchain.tflite_quantize import to_model_layout
@@ -98,7 +105,7 @@ class LiteRTRunner:
         return x.astype(self.input_dtype)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self._input["index"], self._prepare(batch))
+        self.interpreter.set_tensor(self._input["index"], self.prepare(batch))
         self.interpreter.invoke()
         outputs = []
         for detail in self._outputs:
@@ -142,8 +149,11 @@ class SavedModelRunner:
         self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
         self._output_names = sorted(self._signature.structured_outputs)
 
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        return batch.astype(self.input_dtype, copy=False)
+
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        result = self._signature(**{self.input_name: batch.astype(self.input_dtype, copy=False)})
+        result = self._signature(**{self.input_name: self.prepare(batch)})
         return [result[name].numpy() for name in self._output_names]
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:

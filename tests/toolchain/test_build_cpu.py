@@ -23,10 +23,19 @@ def built(digits, keys, tmp_path_factory):
     assert (
         main(["build", str(digits.model), "--precision", "int8", "--name", "digits", *map(str, common)]) == 0
     )
-    assert (
-        main(["build", str(digits.model), "--precision", "fp32", "--name", "digits32", *map(str, common)])
-        == 0
-    )
+    lineage = ["--parent-version", "3", "--training-data", "s3://data/digits@v7", "--trigger", "drift"]
+    lineage += ["--latency-budget-ms", "25"]
+    fp32 = [
+        "build",
+        str(digits.model),
+        "--precision",
+        "fp32",
+        "--name",
+        "digits32",
+        *lineage,
+        *map(str, common),
+    ]
+    assert main(fp32) == 0
     return out
 
 
@@ -58,8 +67,58 @@ def test_manifest_records_preprocessing_source_and_labels(built, digits):
     assert manifest.postprocessing.labels == [str(i) for i in range(10)]
     assert manifest.source.kind == "torchscript"
     assert manifest.artifacts[0].inputs[0].shape == [1, 1, 32, 32]
-    assert {f.path for f in manifest.files} == {"model.onnx", "labels.txt"}
+    assert {f.path for f in manifest.files} == {
+        "model.onnx",
+        "labels.txt",
+        "sample_input.npy",
+        "sample_outputs.npz",
+    }
     assert manifest.toolchain.versions["onnxruntime"]
+
+
+def test_bundle_carries_a_health_sample_that_reproduces(built):
+    """The device's pre-commit check: the sample, run again, gives the recorded outputs."""
+    import numpy as np
+
+    from edgebundle import read_manifest
+    from toolchain.runners import open_runner
+
+    bundle = built / "digits-v1-cpu"
+    manifest = read_manifest(bundle)
+    health = manifest.health
+    sample = np.load(bundle / health.sample_input, allow_pickle=False)
+    spec = manifest.artifacts[0].inputs[0]
+    assert list(sample.shape) == spec.shape and sample.dtype.name == spec.dtype
+    assert sample.std() > 0, "a real validation image, not zeros"
+    expected = np.load(bundle / health.sample_outputs)
+    (output,) = open_runner("onnxruntime", bundle / manifest.artifacts[0].path).run(sample)
+    np.testing.assert_allclose(output, expected["output_0"], rtol=1e-5, atol=1e-5)
+    assert health.max_latency_ms is None  # no --latency-budget-ms, no profile budget
+
+
+def test_drift_reference_and_lineage_describe_the_validation_data(built, digits):
+    from edgebundle import read_manifest
+
+    manifest = read_manifest(built / "digits-v1-cpu")
+    drift = manifest.drift_reference
+    assert drift.samples == manifest.validation.samples
+    (mean,), (std,) = drift.input_mean, drift.input_std  # one gray channel
+    assert 0.0 < mean < 0.5 and 0.0 < std < 0.5  # dark background, bright strokes, scaled to [0, 1]
+    assert sum(drift.confidence_hist) == drift.samples and len(drift.class_hist) == 10
+    assert drift.confidence_hist[-1] > 0.8 * drift.samples  # a good classifier is sure of most digits
+    assert min(drift.class_hist) > 0.05 * drift.samples  # every digit predicted, roughly balanced
+    snapshots = manifest.lineage.data_snapshots
+    assert set(snapshots) == {"calib", "val"} and all(len(v) == 64 for v in snapshots.values())
+    assert manifest.lineage.parent_version is None
+
+
+def test_lineage_and_latency_budget_come_from_the_flags(built):
+    from edgebundle import read_manifest
+
+    manifest = read_manifest(built / "digits32-v1-cpu")
+    assert manifest.lineage.parent_version == 3 and manifest.lineage.trigger == "drift"
+    assert manifest.lineage.training_data == "s3://data/digits@v7"
+    assert manifest.health.max_latency_ms == 25.0
 
 
 def test_verify_inspect_bench(built, keys, capsys):

@@ -48,6 +48,20 @@ def build_command(
     labels: Path | None = typer.Option(None, "--labels", help="Class labels, one per line."),
     calib_limit: int = typer.Option(128, "--calib-limit", help="At most this many calibration samples."),
     bench_runs: int = typer.Option(50, "--bench-runs", help="Timed runs in the benchmark."),
+    latency_budget_ms: float | None = typer.Option(
+        None,
+        "--latency-budget-ms",
+        help="Health-check budget for one inference on the device (default: the profile's, else none).",
+    ),
+    parent_version: int | None = typer.Option(
+        None, "--parent-version", help="Lineage: the version this one was trained from."
+    ),
+    training_data: str | None = typer.Option(
+        None, "--training-data", help="Lineage: a reference to the training data (URI or hash)."
+    ),
+    trigger: str | None = typer.Option(
+        None, "--trigger", help="Lineage: what started this build (manual, drift, schedule, ...)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build signed bundles of MODEL for each --target."""
@@ -81,6 +95,10 @@ def build_command(
         labels=labels,
         calib_limit=calib_limit,
         bench_runs=bench_runs,
+        latency_budget_ms=latency_budget_ms,
+        parent_version=parent_version,
+        training_data=training_data,
+        trigger=trigger,
     )
     with RichReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
         results = build(request, reporter)
