@@ -281,7 +281,12 @@ class Manifest(_Model):
             raise ValueError("files must not list manifest.json or manifest.sig")
         if self.files:
             listed = set(paths)
-            missing = [a.path for a in self.artifacts if a.path not in listed]
+            # an artifact is a file, or a folder of files (a Core ML .mlpackage)
+            missing = [
+                a.path
+                for a in self.artifacts
+                if a.path not in listed and not any(f.startswith(a.path + "/") for f in listed)
+            ]
             if self.health is not None:
                 missing += [
                     p for p in (self.health.sample_input, self.health.sample_outputs) if p not in listed

@@ -71,6 +71,7 @@ class BuildRequest(BaseModel):
     val_limit: int = Field(default=5000, ge=1)
     bench_runs: int = Field(default=50, ge=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
+    palettize: Literal[4, 6, 8] | None = None
     parent_version: int | None = Field(default=None, ge=1)
     training_data: str | None = Field(default=None, max_length=1000)
     trigger: str | None = Field(default=None, max_length=100)
@@ -179,7 +180,7 @@ def _eval_data(req, task, pre, shape, calibration) -> EvalData | None:
 def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBuild]:
     from edgebundle import bundle_name_for, load_private_key, write_bundle
     from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
-    from toolchain.runners import open_runner, run_all, runtime_for
+    from toolchain.runners import open_runner, run_all, runs_on_host, runtime_for
     from toolchain.sources import is_tensorflow_source, resolve_source
     from toolchain.tf_export import keras_saved_model
 
@@ -305,6 +306,12 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 sample_reference=references[fp32_path][2] if fp32_path in references else [],
                 progress=reporter.advance,
                 task=task,
+                source=source,
+                input_shape=list(shape),
+                preprocessing=pre,
+                labels=labels,
+                nms=source.nms,
+                palettize=req.palettize,
             )
             converted = converter.convert(ctx)
             from toolchain.benchmark import benchmark
@@ -322,10 +329,12 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     report = report.model_copy(update=update)
                     if not report.passed:
                         raise _gate_error(profile, item.precision, report, item.path.name)
-                reporter.stage(f"{profile.name}: benchmarking {item.path.name}")
                 runtime = runtime_for(item.path)
-                bench = benchmark(item.path, runtime, threads=profile.threads, runs=req.bench_runs)
-                shutil.copyfile(item.path, staging / item.path.name)
+                bench = None
+                if runs_on_host(runtime):  # Core ML predicts only on macOS: no host figures to give
+                    reporter.stage(f"{profile.name}: benchmarking {item.path.name}")
+                    bench = benchmark(item.path, runtime, threads=profile.threads, runs=req.bench_runs)
+                _copy_into(item.path, staging / item.path.name)
                 art_in, art_out = open_runner(runtime, item.path).io_specs()
                 art_in = [_with_layout(spec, shape, pre.layout) for spec in art_in]
                 artifacts.append(
@@ -347,19 +356,23 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 target_pre = pre
             if labels:
                 (staging / "labels.txt").write_text("\n".join(labels) + "\n")
-            reporter.stage(f"{profile.name}: recording the health-check sample")
-            sample = device_checks.health_sample(
-                evaluation.inputs if evaluation is not None else calibration,
-                shape,
-                np.dtype(inputs[0].dtype),
-            )
-            health = device_checks.write_health_sample(
-                staging,
-                converted.artifacts[0].path,
-                sample,
-                threads=profile.threads,
-                max_latency_ms=req.latency_budget_ms or profile.options.get("latency_budget_ms"),
-            )
+            for relative, extra in converted.extra_files.items():
+                _copy_into(extra, staging / relative)
+            health = None
+            if runs_on_host(runtime_for(converted.artifacts[0].path)):
+                reporter.stage(f"{profile.name}: recording the health-check sample")
+                sample = device_checks.health_sample(
+                    evaluation.inputs if evaluation is not None else calibration,
+                    shape,
+                    np.dtype(inputs[0].dtype),
+                )
+                health = device_checks.write_health_sample(
+                    staging,
+                    converted.artifacts[0].path,
+                    sample,
+                    threads=profile.threads,
+                    max_latency_ms=req.latency_budget_ms or profile.options.get("latency_budget_ms"),
+                )
             drift = None
             if evaluation is not None and fp32_path in references:
                 drift = device_checks.drift_reference(
@@ -395,6 +408,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     data_snapshots=snapshots,
                     trigger=req.trigger,
                 ),
+                **converted.manifest_sections,
             )
             reporter.stage(f"{profile.name}: signing the bundle")
             location = write_bundle(
@@ -415,6 +429,15 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _copy_into(source: Path, dest: Path) -> None:
+    """Copy a file, or a folder of files (a Core ML .mlpackage), into the staging folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, dest)
+    else:
+        shutil.copyfile(source, dest)
 
 
 def _array_sha256(array: np.ndarray) -> str:

@@ -175,14 +175,27 @@ RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
 
 
 # Which runner takes a file, by its suffix: a bundle may hold artifacts of more than one runtime.
+# Longer (compound) suffixes win: `model.micro.tflite` is for TFLite Micro, `model.tflite` for LiteRT.
 RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "tflite"}
+
+# Runtimes whose runner can load an artifact and report its tensors but not run it on this host.
+NOT_RUNNABLE_ON_HOST: set[str] = set()
 
 
 def runtime_for(path: Path) -> str:
-    """The runtime of an artifact file, or TensorFlow for a SavedModel folder."""
+    """The runtime of an artifact file or folder by its suffix, or TensorFlow for a SavedModel folder."""
+    name = path.name.lower()
+    for suffix in sorted(RUNTIME_FOR_SUFFIX, key=len, reverse=True):
+        if name.endswith(suffix):
+            return RUNTIME_FOR_SUFFIX[suffix]
     if path.is_dir():
         return "tensorflow"
-    return RUNTIME_FOR_SUFFIX[path.suffix.lower()]
+    raise KeyError(f"no runtime takes {path.name}")
+
+
+def runs_on_host(runtime: str) -> bool:
+    """Whether artifacts of `runtime` can be run here (validated numerically and benchmarked)."""
+    return runtime not in NOT_RUNNABLE_ON_HOST
 
 
 def open_runner(runtime: str, path: Path, threads: int | None = None) -> Runner:

@@ -53,6 +53,9 @@ def build_command(
         "--latency-budget-ms",
         help="Health-check budget for one inference on the device (default: the profile's, else none).",
     ),
+    palettize: int | None = typer.Option(
+        None, "--palettize", help="Core ML: palettize weights to 4, 6 or 8 bits (weights only)."
+    ),
     parent_version: int | None = typer.Option(
         None, "--parent-version", help="Lineage: the version this one was trained from."
     ),
@@ -96,6 +99,7 @@ def build_command(
         calib_limit=calib_limit,
         bench_runs=bench_runs,
         latency_budget_ms=latency_budget_ms,
+        palettize=palettize,
         parent_version=parent_version,
         training_data=training_data,
         trigger=trigger,

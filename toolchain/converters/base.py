@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgebundle.manifest import LayerRepair, Precision, ValidationReport
+from edgebundle.manifest import LayerRepair, NMSParams, Precision, Preprocessing, ValidationReport
 from targets import TargetProfile
 from toolchain.deps import is_available
 from toolchain.errors import ConverterUnavailableError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from toolchain.sources import SourceModel
 
 # Every runtime a target profile may name; those without a registered converter
 # fail with ConverterUnavailableError until their converter lands.
@@ -37,6 +40,14 @@ class BuildContext:
     progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
     task: str = "other"
     saved_model: Path | None = None  # a TensorFlow source, already a SavedModel
+    # The model as the user gave it and its input shape, for converters that start from the framework
+    # model rather than ONNX (Core ML from PyTorch); `toolchain.sources` knows how to load it.
+    source: SourceModel | None = None
+    input_shape: list[int] = field(default_factory=list)
+    preprocessing: Preprocessing | None = None  # the source's (layout, color, normalization)
+    labels: list[str] = field(default_factory=list)
+    nms: NMSParams | None = None
+    palettize: int | None = None  # --palettize BITS: weight palettization where the converter offers it
 
 
 @dataclass
@@ -57,6 +68,11 @@ class ConverterResult:
     repair: LayerRepair | None = None
     versions: dict[str, str] = field(default_factory=dict)
     converter: str | None = None  # the tool chain used, when it depends on the source (default: the name)
+    # Files for the bundle that are not artifacts (generated C++ sources, build plans): bundle-relative
+    # posix path -> file. The pipeline copies them in; the manifest's sha256 list covers them.
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    # Runtime-specific manifest sections, by Manifest field name (e.g. memory_fit for microcontrollers).
+    manifest_sections: dict[str, Any] = field(default_factory=dict)
 
 
 class Converter:
