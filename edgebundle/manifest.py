@@ -240,6 +240,45 @@ class Lineage(_Model):
     )
 
 
+class EngineBuild(_Model):
+    """A TensorRT engine that was built and checked: valid only where all three match exactly."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    path: str | None = Field(default=None, description="The engine file in the bundle, if it ships one.")
+    builder: Literal["tensorrt", "trtexec", "torch-tensorrt"] = "tensorrt"
+
+
+class TensorRTPlan(_Model):
+    """How a device builds its own TensorRT engine from the bundle's ONNX model (engines do not travel).
+
+    A device builds on first start and caches the engine under the key
+    (TensorRT version, GPU name, compute capability, plan hash); see `edgetrt.cache`.
+    """
+
+    onnx: str = Field(description="The ONNX artifact to build from (static shapes).")
+    precision: Precision
+    explicit_quantization: bool = Field(
+        description="The ONNX model carries Q/DQ nodes (INT8 by explicit quantization)."
+    )
+    builder_flags: list[Literal["FP16", "INT8", "GPU_FALLBACK", "STRICT_TYPES"]] = Field(default_factory=list)
+    workspace_mb: int = Field(gt=0)
+    dla_core: int | None = Field(default=None, ge=0, description="Run on this DLA core; None: the GPU.")
+    input_shapes: dict[str, list[int]]
+    timing_cache: Literal["per-device", "none"] = "per-device"
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    opset: int
+    tensorrt_versions: str = Field(
+        description="TensorRT versions the plan and the ONNX opset suit, e.g. '>=10.3,<11'."
+    )
+    compute_capability: str | None = Field(default=None, description="The GPU the target profile names.")
+    trtexec: str = Field(description="The same build by hand, for people who build engines themselves.")
+    engines: list[EngineBuild] = Field(
+        default_factory=list, description="Engines built and validated at build time."
+    )
+
+
 class Manifest(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -260,6 +299,9 @@ class Manifest(_Model):
         default=None, description="Input and output statistics on the validation data at build time."
     )
     lineage: Lineage = Field(default_factory=Lineage)
+    tensorrt: TensorRTPlan | None = Field(
+        default=None, description="Jetson: the device-side engine build plan."
+    )
     files: list[FileEntry] = Field(default_factory=list, description="sha256 of every file but the manifest.")
     key_id: str | None = Field(default=None, description="Fingerprint of the public key that signs it.")
 

@@ -167,16 +167,46 @@ class SavedModelRunner:
         return [spec(n, v) for n, v in kwargs.items()], [spec(n, outputs[n]) for n in self._output_names]
 
 
+class TensorRTEngineRunner:
+    """A TensorRT engine on this machine's GPU (`edgetrt.runner`): where TensorRT and a GPU exist."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        require("tensorrt", extra="jetson", purpose="running TensorRT engines")
+        from edgetrt.runner import TensorRTRunner
+
+        self._runner = TensorRTRunner(path.read_bytes())
+        self.input_name, shape, dtype = self._runner.inputs[0]
+        self.input_shape, self.input_dtype = list(shape), np.dtype(dtype)
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        return batch.astype(self.input_dtype, copy=False)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._runner.run(self.prepare(batch))
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def spec(name: str, shape, dtype) -> TensorSpec:
+            return TensorSpec(name=name, shape=list(shape), dtype=np.dtype(dtype).name)
+
+        return [spec(*t) for t in self._runner.inputs], [spec(*t) for t in self._runner.outputs]
+
+
 RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
     "onnxruntime": OnnxRuntimeRunner,
     "tflite": LiteRTRunner,
     "tensorflow": SavedModelRunner,
+    "tensorrt": TensorRTEngineRunner,
 }
 
 
 # Which runner takes a file, by its suffix: a bundle may hold artifacts of more than one runtime.
 # Longer (compound) suffixes win: `model.micro.tflite` is for TFLite Micro, `model.tflite` for LiteRT.
-RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "tflite"}
+RUNTIME_FOR_SUFFIX = {
+    ".onnx": "onnxruntime",
+    ".ort": "onnxruntime",
+    ".tflite": "tflite",
+    ".engine": "tensorrt",
+}
 
 # Runtimes whose runner can load an artifact and report its tensors but not run it on this host.
 NOT_RUNNABLE_ON_HOST: set[str] = set()

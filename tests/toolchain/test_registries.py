@@ -11,7 +11,11 @@ from toolchain.runners import RUNNERS
 
 TESTS = Path(__file__).parent
 # runtime -> the test module that builds a real artifact with that converter
-CONVERTER_TESTS = {"onnxruntime": "test_build_cpu.py", "tflite": "test_build_tflite.py"}
+CONVERTER_TESTS = {
+    "onnxruntime": "test_build_cpu.py",
+    "tensorrt": "test_build_tensorrt.py",
+    "tflite": "test_build_tflite.py",
+}
 
 
 def test_every_converter_has_its_own_end_to_end_test():

@@ -31,55 +31,20 @@ class OnnxRuntimeConverter(Converter):
                 "INT8 needs calibration data from you; edgectl never invents it",
                 hint="pass --calib with a folder of representative inputs (or a .npy), or --precision fp32",
             )
-        from toolchain import quantize, repair
+        from toolchain import quantize
 
-        prepared = quantize.prepare(ctx.fp32_onnx, ctx.workdir / "prepared.onnx")
-        cache = ctx.workdir / "calibration.json"
-        counter = iter(range(1_000_000))
-
-        def quantize_keep_float(keep: list[str]):
-            out = ctx.workdir / f"int8-{next(counter)}.onnx"
-            return quantize.quantize_int8(
-                prepared, out, ctx.calibration, ctx.input_name, cache, keep_float=keep
-            )
-
-        ctx.progress("calibrate + quantize", 0, 1)
-        full = quantize_keep_float([])
-        report = ctx.evaluate(full)
-        ctx.progress("calibrate + quantize", 1, 1)
-        result_path, layer_repair = full, None
-        if not report.passed:
-            candidates = quantize.quantizable_nodes(prepared)
-
-            def quantize_only(node: str):
-                out = ctx.workdir / "probe.onnx"
-                return quantize.quantize_int8(
-                    prepared, out, ctx.calibration, ctx.input_name, cache, only=[node]
-                )
-
-            ranked = repair.rank_layers(
-                candidates,
-                quantize_only,
-                ctx.sample_outputs,
-                ctx.sample_reference,
-                progress=lambda done, total: ctx.progress("rank layer sensitivity", done, total),
-            )
-            outcome = repair.search_keep_float(
-                [name for name, _ in ranked], quantize_keep_float, ctx.evaluate
-            )
-            metric = report.metric or "cosine"
-            full_int8 = {
-                "kept_float": 0,
-                metric: report.artifact.get(metric, report.fidelity.cosine),
-                "passed": "false",
-            }
-            layer_repair = outcome.summary(len(ranked))
-            layer_repair.attempts.insert(0, full_int8)
-            if outcome.path is not None:
-                result_path, report = outcome.path, outcome.report
-            else:
-                report = outcome.report or report
-            report = report.model_copy(update={"repair": layer_repair})
+        result = quantize.int8_with_repair(
+            ctx.fp32_onnx,
+            ctx.workdir,
+            ctx.calibration,
+            ctx.input_name,
+            config=quantize.onnxruntime_cpu(),
+            evaluate=ctx.evaluate,
+            sample_outputs=ctx.sample_outputs,
+            sample_reference=ctx.sample_reference,
+            progress=ctx.progress,
+        )
+        result_path, report, layer_repair = result.path, result.report, result.repair
         shutil.copyfile(result_path, artifact)
         return ConverterResult(
             [ConvertedArtifact(artifact, "model", "onnx", "int8")],
