@@ -274,7 +274,8 @@ def test_cpu_only_bundle_gets_a_cpu_runner(android, keys, tmp_path, capsys):
     primary = manifest.artifacts[0]
     staging = tmp_path / "staging"
     staging.mkdir()
-    shutil.copyfile(android / primary.path, staging / primary.path)
+    for name in (primary.path, manifest.health.sample_input, manifest.health.sample_outputs):
+        shutil.copyfile(android / name, staging / name)
     pi = manifest.model_copy(update={"target": "rpi5", "artifacts": [primary], "files": []})
     write_bundle(staging, pi, load_private_key(keys[0]), tmp_path, "digits-v1-rpi5")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -130,25 +131,23 @@ def _onnx_map(onnx_path: Path, data_yaml: Path, imgsz: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_train_tiny_yolo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd):
-    """Train small, export to ONNX, score it ourselves, and compare with Ultralytics' own val."""
-    from toolchain.samples import train_tiny_yolo
-
+def test_train_tiny_yolo_end_to_end(yolo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd):
+    """The session's tiny YOLO (trained from yolo11n.yaml): export to ONNX, score it ourselves, compare with
+    Ultralytics' own val."""
     monkeypatch.chdir(tmp_path)  # anything Ultralytics writes to the cwd lands here
     imgsz = 96
     started = time.monotonic()
-    data_yaml = make_shapes_detection_dataset(tmp_path / "data", train=256, val=32, imgsz=imgsz, seed=0)
-    ckpt = train_tiny_yolo(data_yaml, tmp_path / "run", epochs=16, imgsz=imgsz, seed=0)
-    trained = time.monotonic()
+    ckpt, data_yaml = yolo
     assert ckpt.is_file() and ckpt.suffix == ".pt"
-    assert ckpt.is_relative_to(tmp_path / "run")
 
     from ultralytics import YOLO
 
     ultra = YOLO(str(ckpt)).val(
         data=str(data_yaml), imgsz=imgsz, batch=16, device="cpu", workers=0, plots=False, verbose=False
     )
-    onnx_path = Path(YOLO(str(ckpt)).export(format="onnx", imgsz=imgsz, opset=17))
+    # export writes beside the checkpoint: keep the fixture's folder clean
+    shutil.copyfile(ckpt, tmp_path / "best.pt")
+    onnx_path = Path(YOLO(str(tmp_path / "best.pt")).export(format="onnx", imgsz=imgsz, opset=17))
     assert onnx_path.is_file()
     ours = _onnx_map(onnx_path, data_yaml, imgsz)
     finished = time.monotonic()
@@ -156,12 +155,14 @@ def test_train_tiny_yolo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "Downloading" not in out + err
     with capfd.disabled():
         print(
-            f"\n[tiny yolo] train {trained - started:.0f}s, total {finished - started:.0f}s; "
+            f"\n[tiny yolo] val + export + score {finished - started:.0f}s; "
             f"ultralytics val mAP50 {ultra.box.map50:.4f} mAP50-95 {ultra.box.map:.4f}; "
             f"onnx + toolchain.detection mAP50 {ours['mAP50']:.4f} mAP50-95 {ours['mAP50-95']:.4f}"
         )
     assert ours["mAP50"] > 0.1
     assert ultra.box.map50 > 0.1
-    # Same matching and AP code; the gap is PyTorch vs ONNX Runtime numerics (+ NMS ties at conf 0.001).
-    assert ours["mAP50-95"] == pytest.approx(ultra.box.map, abs=0.03)
-    assert ours["mAP50"] == pytest.approx(ultra.box.map50, abs=0.03)
+    # Same matching and AP code, different inputs: Ultralytics' val always letterboxes "rect" batches with
+    # half a stride of padding (96 px images run at 128), the ONNX model runs at 96. On 48 images that moves
+    # mAP by up to ~3 points either way; a decoding or matching bug moves it by tens.
+    assert ours["mAP50-95"] == pytest.approx(ultra.box.map, abs=0.05)
+    assert ours["mAP50"] == pytest.approx(ultra.box.map50, abs=0.05)
