@@ -279,6 +279,73 @@ class TensorRTPlan(_Model):
     )
 
 
+class CoreMLFeature(_Model):
+    """One input or output of a Core ML model, as its spec declares it (Xcode shows the same)."""
+
+    name: str
+    kind: Literal["image", "multiarray", "double", "int64", "string", "dictionary"]
+    shape: list[int] = Field(default_factory=list, description="Image: [C, H, W]; -1 marks a flexible axis.")
+    dtype: str | None = Field(default=None, description="float32, float16, int32 or double for numbers.")
+    color: ColorOrder | None = Field(
+        default=None, description="Image inputs: the channel order Core ML feeds."
+    )
+    optional: bool = False
+
+
+class CoreMLCheck(_Model):
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+class CoreMLWeights(_Model):
+    """What is compressed in the package. Only weights ever are: activations and compute stay float."""
+
+    mode: Literal["fp32", "fp16", "int8-linear", "palettized"]
+    bits: int
+    granularity: str | None = Field(default=None, description="int8: per-channel; palettized: per-tensor.")
+    compressed_tensors: int = Field(ge=0, description="Weight tensors stored compressed in the package.")
+    summary: str
+
+
+class CoreMLNMS(_Model):
+    """The detector pipeline's NonMaximumSuppression stage, as configured in the package."""
+
+    confidence_threshold: float
+    iou_threshold: float
+    max_detections: int
+    per_class: bool
+    classes: int = Field(description="Real classes; the labels after them only pad the confidence rows.")
+    confidence_columns: int = Field(description="Columns of the confidence output (classes plus padding).")
+
+
+class CoreMLReport(_Model):
+    """iOS bundles: how the Core ML package was made and which of its checks ran on the build host."""
+
+    model_type: Literal["mlprogram", "pipeline"]
+    deployment_target: str
+    specification_version: int
+    compute_precision: Literal["fp16", "fp32"]
+    compute_units: str = Field(description="What the app should set in MLModelConfiguration.computeUnits.")
+    weights: CoreMLWeights
+    inputs: list[CoreMLFeature]
+    outputs: list[CoreMLFeature]
+    labels: list[str] = Field(default_factory=list, description="Class labels stored in the package.")
+    image_scale: float | None = Field(default=None, description="Core ML computes scale * pixel + bias.")
+    image_bias: list[float] = Field(default_factory=list)
+    std_in_model: list[float] = Field(
+        default_factory=list, description="Per-channel std the model divides by (when it is not one scalar)."
+    )
+    softmax_added: bool = Field(default=False, description="A softmax was appended to a logits classifier.")
+    nms: CoreMLNMS | None = None
+    structural_checks: list[CoreMLCheck] = Field(default_factory=list)
+    numerical_check: str | None = Field(
+        default=None, description="What the numerical check was; None: none ran."
+    )
+    macos_predict: bool = Field(description="Core ML itself predicted on the validation data (macOS only).")
+    notes: list[str] = Field(default_factory=list)
+
+
 class Manifest(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -302,6 +369,7 @@ class Manifest(_Model):
     tensorrt: TensorRTPlan | None = Field(
         default=None, description="Jetson: the device-side engine build plan."
     )
+    coreml: CoreMLReport | None = Field(default=None, description="iOS: the Core ML package and its checks.")
     files: list[FileEntry] = Field(default_factory=list, description="sha256 of every file but the manifest.")
     key_id: str | None = Field(default=None, description="Fingerprint of the public key that signs it.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -191,11 +192,19 @@ class TensorRTEngineRunner:
         return [spec(*t) for t in self._runner.inputs], [spec(*t) for t in self._runner.outputs]
 
 
+def _coreml_runner(path: Path, threads: int | None = None) -> Runner:
+    """Core ML packages (`toolchain.coreml_runner`): tensors from the spec anywhere, predictions on macOS."""
+    from toolchain.coreml_runner import CoreMLRunner
+
+    return CoreMLRunner(path, threads)
+
+
 RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
     "onnxruntime": OnnxRuntimeRunner,
     "tflite": LiteRTRunner,
     "tensorflow": SavedModelRunner,
     "tensorrt": TensorRTEngineRunner,
+    "coreml": _coreml_runner,
 }
 
 
@@ -206,10 +215,13 @@ RUNTIME_FOR_SUFFIX = {
     ".ort": "onnxruntime",
     ".tflite": "tflite",
     ".engine": "tensorrt",
+    ".mlpackage": "coreml",
 }
 
 # Runtimes whose runner can load an artifact and report its tensors but not run it on this host.
 NOT_RUNNABLE_ON_HOST: set[str] = set()
+if sys.platform != "darwin":
+    NOT_RUNNABLE_ON_HOST.add("coreml")  # Core ML predicts only on macOS
 
 
 def runtime_for(path: Path) -> str:

@@ -12,6 +12,7 @@ from toolchain.runners import RUNNERS
 TESTS = Path(__file__).parent
 # runtime -> the test module that builds a real artifact with that converter
 CONVERTER_TESTS = {
+    "coreml": "test_build_coreml.py",
     "onnxruntime": "test_build_cpu.py",
     "tensorrt": "test_build_tensorrt.py",
     "tflite": "test_build_tflite.py",

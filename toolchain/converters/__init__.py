@@ -9,6 +9,7 @@ imports its libraries inside `convert`.
 
 from __future__ import annotations
 
+from toolchain.converters import coreml as _coreml  # noqa: F401
 from toolchain.converters import onnxruntime as _onnxruntime  # noqa: F401  (registers itself)
 from toolchain.converters import tensorrt as _tensorrt  # noqa: F401
 from toolchain.converters import tflite as _tflite  # noqa: F401
