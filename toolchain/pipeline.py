@@ -34,9 +34,10 @@ from edgebundle.manifest import (
 from targets import TargetProfile, get_profile, load_profiles
 from toolchain import data as datasets
 from toolchain import device_checks
-from toolchain.converters import BuildContext, get_converter
+from toolchain.converters import CONVERTERS, BuildContext, get_converter
 from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
+from toolchain.sources import is_tensorflow_source
 from toolchain.validate import EvalData, align_outputs, judge, task_metrics
 
 # The opset we export at unless a target's ceiling is lower: wide support across runtimes.
@@ -181,7 +182,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     from edgebundle import bundle_name_for, load_private_key, write_bundle
     from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
     from toolchain.runners import open_runner, run_all, runs_on_host, runtime_for
-    from toolchain.sources import is_tensorflow_source, resolve_source
+    from toolchain.sources import resolve_source
     from toolchain.tf_export import keras_saved_model
 
     reporter = reporter or Reporter()
@@ -197,7 +198,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
         plans.append((profile, converter, _resolve_precision(profile, req.precision)))
     private_key = load_private_key(req.sign_key)
     _check_out_dir(req.out)
-    if any(p == "int8" for _, _, p in plans) and req.calib is None:
+    if any(p == "int8" and c.int8_needs_calibration for _, c, p in plans) and req.calib is None:
         raise CalibrationError(
             "INT8 needs calibration data from you; edgectl never invents it",
             hint="pass --calib with a folder of representative inputs (or a .npy), or --precision fp32",
@@ -207,8 +208,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     reporter.stage("reading the model")
     source = resolve_source(req.model, req.weights)
     tensorflow_source = is_tensorflow_source(source)
-    if tensorflow_source:
-        _check_tensorflow_targets(source, profiles)
+    _check_source_kind(source, plans)
     shape = req.input_shape or source.input_shape
     if shape is None and tensorflow_source:
         from toolchain.keras_source import default_shape, describe
@@ -449,15 +449,26 @@ def _array_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _check_tensorflow_targets(source, profiles: list[TargetProfile]) -> None:
-    """A Keras source has no ONNX model: refuse targets whose converter starts from one, before any work."""
-    others = [p.name for p in profiles if p.runtime != "tflite"]
-    if others:
-        takers = [name for name, p in load_profiles().items() if p.runtime == "tflite"]
+def _check_source_kind(source, plans) -> None:
+    """Refuse a target whose converter cannot start from this kind of model, before any work."""
+    for profile, converter, _ in plans:
+        if converter.accepts(source.kind):
+            continue
+        takers = [
+            name
+            for name, p in load_profiles().items()
+            if p.runtime in CONVERTERS and CONVERTERS[p.runtime].accepts(source.kind)
+        ]
+        hint = f"build this model for {', '.join(takers)}" if takers else "no target takes this kind of model"
+        if is_tensorflow_source(source):
+            what, hint = "a Keras model", f"{hint}, or export the model to ONNX first (tf2onnx)"
+        elif source.kind == "onnx":
+            what, hint = "an ONNX model", f"{hint}, or pass the PyTorch model it came from"
+        else:
+            what = f"a {source.kind} model"
         raise UserInputError(
-            f"{source.filename} is a Keras model; target {others[0]} ({get_profile(others[0]).runtime}) "
-            "builds from ONNX",
-            hint=f"build Keras models for {', '.join(takers)}, or export the model to ONNX first (tf2onnx)",
+            f"{source.filename} is {what}; target {profile.name} ({profile.runtime}) cannot build from it",
+            hint=hint,
         )
 
 

@@ -162,12 +162,31 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
         if spec.detect(path):
             if kind == "ultralytics":
                 return _ultralytics_source(str(path), digest)
+            if kind == "torch-export":
+                return SourceModel(str(path), kind, digest, input_shape=_exported_input_shape(path))
             return SourceModel(str(path), kind, digest)
     raise UserInputError(
         f"{model} is not a model edgectl can read",
         hint="supported: .onnx, TorchScript (torch.jit.save), torch.export (.pt2), Ultralytics .pt/.yaml, "
         "Keras .keras or a SavedModel folder, or package.module:factory with --weights",
     )
+
+
+def _exported_input_shape(path: Path) -> list[int] | None:
+    """A torch.export program records its input: the shape of its one user input, when static."""
+    require("torch", extra="build", purpose="reading a torch.export program")
+    import torch
+
+    program = torch.export.load(str(path))
+    user_inputs = set(program.graph_signature.user_inputs)
+    shapes = [
+        node.meta["val"].shape
+        for node in program.graph.nodes
+        if node.op == "placeholder" and node.name in user_inputs and "val" in node.meta
+    ]
+    if len(shapes) != 1 or not all(isinstance(d, int) for d in shapes[0]):
+        return None
+    return [int(d) for d in shapes[0]]
 
 
 def _ultralytics_source(location: str, digest: str) -> SourceModel:
@@ -270,6 +289,28 @@ def _torch_export(module, source: SourceModel, shape: list[int], dest: Path, ops
         raise _export_error(exc, source) from exc
 
 
+def _exported_module(graph_module):
+    """A torch.export program's module, callable where an nn.Module in eval mode is expected.
+
+    Exported programs are already in inference form and refuse `train()`/`eval()`, which the
+    TorchScript ONNX exporter and tracers call; this wrapper answers those calls itself.
+    """
+    import torch
+
+    class ExportedModule(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+        def train(self, mode: bool = True):
+            return self
+
+    return ExportedModule(graph_module)
+
+
 def load_torch_module(source: SourceModel):
     """The PyTorch module behind a torchscript, torch-export or entry-point source; None for other kinds."""
     import torch
@@ -277,7 +318,7 @@ def load_torch_module(source: SourceModel):
     if source.kind == "torchscript":
         return torch.jit.load(source.location, map_location="cpu").eval()
     if source.kind == "torch-export":
-        return torch.export.load(source.location).module()
+        return _exported_module(torch.export.load(source.location).module())
     if source.kind == "torch-entrypoint":
         return load_entrypoint(source)
     return None

@@ -456,10 +456,12 @@ def test_onnx_source_is_refused_with_a_hint(digits, keys, tmp_path, capsys):
     shutil.copyfile(onnx_path, model)
     result = run(capsys, "build", model, "--target", "ios", *build_flags(keys, tmp_path / "out"))
     assert result.code == 2
-    assert result.error_lines[0].startswith(
-        "error: digits.onnx is an ONNX model; Core ML converts from PyTorch"
+    assert result.error_lines[0] == (
+        "error: digits.onnx is an ONNX model; target ios (coreml) cannot build from it"
     )
-    assert result.error_lines[1].startswith("hint: build the ios target from the PyTorch model")
+    assert result.error_lines[1].endswith("or pass the PyTorch model it came from")
+    assert "cpu" in result.error_lines[1]  # the targets that do take an ONNX model
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_palettize_with_int8_is_refused(digits, keys, tmp_path, capsys):

@@ -186,3 +186,33 @@ def test_export_is_cached_across_builds(digits, keys, tmp_path):
     build(request)
     (second,) = build(request.model_copy(update={"version": 2}))
     assert second.export_cached
+
+
+def test_torch_export_program_builds(keys, tmp_path, capsys):
+    """A .pt2 (torch.export) source refuses train()/eval(); the export still goes through, checked."""
+    import torch
+
+    from edgebundle import read_manifest
+    from toolchain.demo import _make_model
+
+    model, _ = _make_model()
+    path = tmp_path / "digits.pt2"
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, 1, 32, 32),)), path)
+    result = run(
+        capsys,
+        "build",
+        path,
+        "--target",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--sign-key",
+        keys[0],
+        "--out",
+        tmp_path / "out",
+        "--bench-runs",
+        "3",
+    )
+    assert result.code == 0, result.err
+    manifest = read_manifest(tmp_path / "out" / "digits-v1-cpu")
+    assert manifest.source.kind == "torch-export" and manifest.artifacts[0].inputs[0].shape == [1, 1, 32, 32]

@@ -112,6 +112,12 @@ def build_command(
         print_results(results)
 
 
+def artifact_bytes(manifest) -> int:
+    """Size of the primary artifact: a file, or a folder of files (a Core ML .mlpackage)."""
+    path = manifest.artifacts[0].path
+    return sum(f.size for f in manifest.files if f.path == path or f.path.startswith(path + "/"))
+
+
 def bundle_record(result) -> dict:
     manifest = result.manifest
     return {
@@ -119,7 +125,7 @@ def bundle_record(result) -> dict:
         "precision": result.precision,
         "bundle": str(result.bundle),
         "archive": str(result.archive),
-        "artifact_bytes": manifest.benchmark.artifact_bytes if manifest.benchmark else None,
+        "artifact_bytes": artifact_bytes(manifest),
         "validation": manifest.validation.model_dump(mode="json") if manifest.validation else None,
         "benchmark": manifest.benchmark.model_dump(mode="json") if manifest.benchmark else None,
     }
@@ -133,7 +139,7 @@ def result_row(result) -> dict:
     return {
         "target": result.target,
         "precision": result.precision,
-        "artifact_bytes": bench.artifact_bytes if bench else None,
+        "artifact_bytes": artifact_bytes(manifest),
         "metric": metric,
         "reference": report.reference.get(metric) if metric else None,
         "artifact": report.artifact.get(metric) if metric else None,

@@ -80,11 +80,23 @@ class Converter:
     name: ClassVar[str]
     # (module, extra) pairs that must be importable
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Source kinds (toolchain.sources.SOURCE_KINDS) this converter takes; None: every kind that exports
+    # to ONNX. Checked before any export, so a wrong pairing fails in a second.
+    source_kinds: ClassVar[frozenset[str] | None] = None
+    # Whether INT8 here is calibrated on the user's data (False for weight-only quantization).
+    int8_needs_calibration: ClassVar[bool] = True
 
     def check_available(self) -> None:
         for module, extra in self.requires:
             if not is_available(module):
                 raise MissingDependencyError(module, extra, f"the {self.runtime} converter")
+
+    def accepts(self, source_kind: str) -> bool:
+        if self.source_kinds is not None:
+            return source_kind in self.source_kinds
+        from toolchain.sources import SOURCE_KINDS
+
+        return SOURCE_KINDS[source_kind].export is not None
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
         raise NotImplementedError

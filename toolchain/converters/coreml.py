@@ -34,6 +34,9 @@ class CoreMLConverter(Converter):
     runtime = "coreml"
     name = "coremltools"
     requires = (("coremltools", "coreml"), ("torch", "build"))
+    # Core ML has no ONNX front end: the PyTorch model itself is traced and converted
+    source_kinds = frozenset({"torchscript", "torch-export", "torch-entrypoint", "ultralytics"})
+    int8_needs_calibration = False  # int8 here is weight-only quantization
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
         from toolchain import coreml_checks, coreml_detector

@@ -53,6 +53,9 @@ class TFLiteConverter(Converter):
     name = "onnx2tf+tflite-converter"
     requires = (("tensorflow", "tflite"), ("onnx2tf", "tflite"), ("ai_edge_litert", "tflite"))
 
+    def accepts(self, source_kind: str) -> bool:  # anything with an ONNX export, and Keras sources
+        return source_kind in ("keras", "saved-model") or super().accepts(source_kind)
+
     def convert(self, ctx: BuildContext) -> ConverterResult:
         from toolchain.tflite_quantize import TFLiteQuantizer
 
