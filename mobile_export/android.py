@@ -36,6 +36,7 @@ from edgebundle.manifest import Artifact, Manifest
 from mobile_export.common import (
     MB,
     BenchmarkSummary,
+    BundleInfo,
     ExportedFile,
     Normalization,
     SizeCheck,
@@ -43,6 +44,7 @@ from mobile_export.common import (
     ValidationSummary,
     app_download_limit_mb,
     benchmark_summary,
+    bundle_info,
     check_out_dir,
     check_size,
     normalization,
@@ -88,19 +90,6 @@ class AndroidArtifact(_Model):
     validation: ValidationSummary | None = None
     benchmark: BenchmarkSummary | None = Field(default=None, description="Measured on the build host.")
     metadata_embedded: bool = Field(description=f"model-info is in the file's metadata as {METADATA_NAME!r}.")
-
-
-class BundleInfo(_Model):
-    name: str
-    version: int
-    target: str
-    runtime: str
-    precision: str
-    created_at: str
-    key_id: str | None
-    source_kind: str
-    source_filename: str
-    source_sha256: str
 
 
 class AndroidModelInfo(_Model):
@@ -259,18 +248,7 @@ def model_info(manifest: Manifest, *, has_labels: bool, embed: bool) -> AndroidM
             )
         )
     return AndroidModelInfo(
-        bundle=BundleInfo(
-            name=manifest.name,
-            version=manifest.version,
-            target=manifest.target,
-            runtime=manifest.runtime,
-            precision=manifest.precision,
-            created_at=manifest.created_at,
-            key_id=manifest.key_id,
-            source_kind=manifest.source.kind,
-            source_filename=manifest.source.filename,
-            source_sha256=manifest.source.sha256,
-        ),
+        bundle=bundle_info(manifest),
         task=manifest.postprocessing.task,
         labels=list(manifest.postprocessing.labels),
         labels_file=f"{ASSETS}/{LABELS}" if has_labels else None,

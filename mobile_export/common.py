@@ -53,6 +53,36 @@ class TensorInfo(_Model):
     )
 
 
+class BundleInfo(_Model):
+    """Which signed bundle an export came from."""
+
+    name: str
+    version: int
+    target: str
+    runtime: str
+    precision: str
+    created_at: str
+    key_id: str | None
+    source_kind: str
+    source_filename: str
+    source_sha256: str
+
+
+def bundle_info(manifest: Manifest) -> BundleInfo:
+    return BundleInfo(
+        name=manifest.name,
+        version=manifest.version,
+        target=manifest.target,
+        runtime=manifest.runtime,
+        precision=manifest.precision,
+        created_at=manifest.created_at,
+        key_id=manifest.key_id,
+        source_kind=manifest.source.kind,
+        source_filename=manifest.source.filename,
+        source_sha256=manifest.source.sha256,
+    )
+
+
 class Normalization(_Model):
     """How a camera frame becomes the model's input: x = (pixel * scale - mean[c]) / std[c]."""
 

@@ -28,11 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgebundle import sha256_file
 from edgebundle.manifest import CoreMLCheck, CoreMLFeature, CoreMLWeights, Manifest
-from mobile_export.android import BundleInfo
 from mobile_export.common import (
+    BundleInfo,
     ExportedFile,
     SizeCheck,
     ValidationSummary,
+    bundle_info,
     check_out_dir,
     check_size,
     open_bundle,
@@ -315,18 +316,7 @@ def model_info(manifest: Manifest, class_name: str) -> IOSModelInfo:
         )
     validation = manifest.artifacts[0].validation or manifest.validation
     return IOSModelInfo(
-        bundle=BundleInfo(
-            name=manifest.name,
-            version=manifest.version,
-            target=manifest.target,
-            runtime=manifest.runtime,
-            precision=manifest.precision,
-            created_at=manifest.created_at,
-            key_id=manifest.key_id,
-            source_kind=manifest.source.kind,
-            source_filename=manifest.source.filename,
-            source_sha256=manifest.source.sha256,
-        ),
+        bundle=bundle_info(manifest),
         package=f"{class_name}.mlpackage",
         class_name=class_name,
         task=manifest.postprocessing.task,

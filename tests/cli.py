@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,17 @@ def build_flags(keys, out, *, calib=None, val=None, shape: str = "1,1,32,32", **
     for name, value in options.items():
         flags += [f"--{name.replace('_', '-')}", value]
     return flags
+
+
+def assert_refused(result, out: Path, *needles: str) -> None:
+    """One error line with a hint (own line, or after '; ' for bundle errors), non-zero exit, nothing at out."""
+    assert result.code != 0
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.err
+    assert "Traceback" not in result.err
+    assert "hint:" in result.err or "; " in errors[0], result.err
+    for needle in needles:
+        assert needle in result.err, result.err
+    assert result.out == ""
+    assert not out.exists() or not any(out.iterdir())
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]

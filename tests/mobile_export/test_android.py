@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli import build_flags, run
+from tests.cli import assert_refused, build_flags, run
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +60,6 @@ def _info(out: Path):
 def _export(capsys, bundle: Path, out: Path, key: Path | None, *extra: object):
     args = ["export", "android", bundle, "--out", out, *extra]
     return run(capsys, *args, *(["--key", key] if key is not None else []))
-
-
-def _assert_refused(result, out: Path, *needles: str) -> None:
-    """One error line with a hint (own line, or after '; ' for bundle errors), non-zero exit, nothing at out."""
-    assert result.code != 0
-    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.err
-    assert "Traceback" not in result.err
-    assert "hint:" in result.err or "; " in errors[0], result.err
-    for needle in needles:
-        assert needle in result.err, result.err
-    assert result.out == ""
-    assert not out.exists() or not any(out.iterdir())
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 # --------------------------------------------------------------------------- what gets written
@@ -338,7 +324,7 @@ def test_token_input_gets_a_token_helper():
 
 def test_missing_bundle(keys, tmp_path, capsys):
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, tmp_path / "nope", out, keys[1]), out, "does not exist")
+    assert_refused(_export(capsys, tmp_path / "nope", out, keys[1]), out, "does not exist")
 
 
 def test_tampered_file_is_refused(android, keys, tmp_path, capsys):
@@ -346,7 +332,7 @@ def test_tampered_file_is_refused(android, keys, tmp_path, capsys):
     shutil.copytree(android, bundle)
     (bundle / "labels.txt").write_text("cat\ndog\n")
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundle, out, keys[1]), out, "labels.txt")
+    assert_refused(_export(capsys, bundle, out, keys[1]), out, "labels.txt")
 
 
 def test_bad_signature_is_refused(android, keys, tmp_path, capsys):
@@ -356,7 +342,7 @@ def test_bad_signature_is_refused(android, keys, tmp_path, capsys):
     manifest["version"] = 2
     (bundle / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundle, out, keys[1]), out, "signature")
+    assert_refused(_export(capsys, bundle, out, keys[1]), out, "signature")
 
 
 def test_wrong_key_is_refused(android, tmp_path, capsys):
@@ -364,19 +350,19 @@ def test_wrong_key_is_refused(android, tmp_path, capsys):
 
     _, other = generate_keypair(tmp_path / "other")
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, android, out, other), out, "signature")
+    assert_refused(_export(capsys, android, out, other), out, "signature")
 
 
 def test_no_key_is_refused(android, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGECTL_PUBLIC_KEY", raising=False)
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, android, out, None), out, "--key")
+    assert_refused(_export(capsys, android, out, None), out, "--key")
 
 
 def test_non_tflite_bundle_is_refused(bundles, keys, tmp_path, capsys):
     out = tmp_path / "app"
     result = _export(capsys, bundles / "digits-v1-cpu.edgebundle", out, keys[1])
-    _assert_refused(result, out, "onnxruntime", "--target android")
+    assert_refused(result, out, "onnxruntime", "--target android")
 
 
 def test_out_that_is_a_file_is_refused(android, keys, tmp_path, capsys):
@@ -415,4 +401,4 @@ def test_over_the_limit_after_embedding_removes_the_staged_output(android, keys,
 
 def test_bad_package_is_refused(android, keys, tmp_path, capsys):
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, android, out, keys[1], "--package", "com.example.my-app"), out, "package")
+    assert_refused(_export(capsys, android, out, keys[1], "--package", "com.example.my-app"), out, "package")

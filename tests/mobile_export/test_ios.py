@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import build_flags, run
-from tests.mobile_export.test_android import _assert_refused  # one error, one hint, nothing written
+from tests.cli import assert_refused, build_flags, run
 
 pytestmark = pytest.mark.slow
 
@@ -324,7 +323,7 @@ def test_without_coremltools_the_package_is_copied_unstamped(bundles, keys, tmp_
 
 def test_missing_bundle(keys, tmp_path, capsys):
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, tmp_path / "nope", out, keys[1]), out, "does not exist")
+    assert_refused(_export(capsys, tmp_path / "nope", out, keys[1]), out, "does not exist")
 
 
 def test_tampered_file_is_refused(bundles, keys, tmp_path, capsys):
@@ -333,7 +332,7 @@ def test_tampered_file_is_refused(bundles, keys, tmp_path, capsys):
     weights = bundle / "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundle, out, keys[1]), out, "weight.bin")
+    assert_refused(_export(capsys, bundle, out, keys[1]), out, "weight.bin")
 
 
 def test_bad_signature_is_refused(bundles, keys, tmp_path, capsys):
@@ -343,7 +342,7 @@ def test_bad_signature_is_refused(bundles, keys, tmp_path, capsys):
     manifest["version"] = 2
     (bundle / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundle, out, keys[1]), out, "signature")
+    assert_refused(_export(capsys, bundle, out, keys[1]), out, "signature")
 
 
 def test_wrong_key_is_refused(bundles, tmp_path, capsys):
@@ -351,19 +350,19 @@ def test_wrong_key_is_refused(bundles, tmp_path, capsys):
 
     _, other = generate_keypair(tmp_path / "other")
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundles / "digits-v1-ios", out, other), out, "signature")
+    assert_refused(_export(capsys, bundles / "digits-v1-ios", out, other), out, "signature")
 
 
 def test_no_key_is_refused(bundles, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EDGECTL_PUBLIC_KEY", raising=False)
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, bundles / "digits-v1-ios", out, None), out, "--key")
+    assert_refused(_export(capsys, bundles / "digits-v1-ios", out, None), out, "--key")
 
 
 def test_non_coreml_bundle_is_refused(bundles, keys, tmp_path, capsys):
     out = tmp_path / "app"
     result = _export(capsys, bundles / "digits-v1-cpu.edgebundle", out, keys[1])
-    _assert_refused(result, out, "onnxruntime", "--target ios")
+    assert_refused(result, out, "onnxruntime", "--target ios")
 
 
 def test_bundle_without_a_coreml_section_is_refused(bundles, keys, tmp_path, capsys):
@@ -375,7 +374,7 @@ def test_bundle_without_a_coreml_section_is_refused(bundles, keys, tmp_path, cap
     older = manifest.model_copy(update={"coreml": None, "files": []})
     write_bundle(staging, older, load_private_key(keys[0]), tmp_path, "digits-v1-ios")
     out = tmp_path / "app"
-    _assert_refused(_export(capsys, tmp_path / "digits-v1-ios", out, keys[1]), out, "no coreml section")
+    assert_refused(_export(capsys, tmp_path / "digits-v1-ios", out, keys[1]), out, "no coreml section")
 
 
 def test_out_that_is_a_file_is_refused(bundles, keys, tmp_path, capsys):
@@ -398,10 +397,10 @@ def test_non_empty_out_without_force_is_refused(bundles, keys, tmp_path, capsys)
 def test_bad_class_name_is_refused(bundles, keys, tmp_path, capsys):
     out = tmp_path / "app"
     result = _export(capsys, bundles / "digits-v1-ios", out, keys[1], "--class-name", "my-model")
-    _assert_refused(result, out, "Swift type name")
+    assert_refused(result, out, "Swift type name")
 
 
 def test_non_positive_size_limit_is_refused(bundles, keys, tmp_path, capsys):
     out = tmp_path / "app"
     result = _export(capsys, bundles / "digits-v1-ios", out, keys[1], "--size-limit-mb", "0")
-    _assert_refused(result, out, "--size-limit-mb must be positive")
+    assert_refused(result, out, "--size-limit-mb must be positive")

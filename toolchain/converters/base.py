@@ -12,7 +12,7 @@ import numpy as np
 from edgebundle.manifest import LayerRepair, NMSParams, Precision, Preprocessing, ValidationReport
 from targets import TargetProfile
 from toolchain.deps import is_available
-from toolchain.errors import ConverterUnavailableError, MissingDependencyError
+from toolchain.errors import CalibrationError, ConverterUnavailableError, MissingDependencyError
 
 if TYPE_CHECKING:
     from toolchain.sources import SourceModel
@@ -100,6 +100,16 @@ class Converter:
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
         raise NotImplementedError
+
+
+def require_calibration(ctx: BuildContext, alternative: str = "fp32") -> np.ndarray:
+    """The user's calibration inputs; INT8 without them is an error (edgectl never invents data)."""
+    if ctx.calibration is None:
+        raise CalibrationError(
+            "INT8 needs calibration data from you; edgectl never invents it",
+            hint=f"pass --calib with a folder of representative inputs (or a .npy), or --precision {alternative}",
+        )
+    return ctx.calibration
 
 
 CONVERTERS: dict[str, Converter] = {}

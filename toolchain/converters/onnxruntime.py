@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import shutil
 
-from toolchain.converters.base import BuildContext, ConvertedArtifact, Converter, ConverterResult, register
+from toolchain.converters.base import (
+    BuildContext,
+    ConvertedArtifact,
+    Converter,
+    ConverterResult,
+    register,
+    require_calibration,
+)
 from toolchain.deps import version_of
-from toolchain.errors import CalibrationError, UserInputError
+from toolchain.errors import UserInputError
 
 
 @register
@@ -26,17 +33,12 @@ class OnnxRuntimeConverter(Converter):
                 f"the onnxruntime converter builds fp32 or int8, not {ctx.precision}",
                 hint="pass --precision fp32 or int8",
             )
-        if ctx.calibration is None:
-            raise CalibrationError(
-                "INT8 needs calibration data from you; edgectl never invents it",
-                hint="pass --calib with a folder of representative inputs (or a .npy), or --precision fp32",
-            )
         from toolchain import quantize
 
         result = quantize.int8_with_repair(
             ctx.fp32_onnx,
             ctx.workdir,
-            ctx.calibration,
+            require_calibration(ctx),
             ctx.input_name,
             config=quantize.onnxruntime_cpu(),
             evaluate=ctx.evaluate,

@@ -31,9 +31,16 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from toolchain.converters.base import BuildContext, ConvertedArtifact, Converter, ConverterResult, register
+from toolchain.converters.base import (
+    BuildContext,
+    ConvertedArtifact,
+    Converter,
+    ConverterResult,
+    register,
+    require_calibration,
+)
 from toolchain.deps import is_available, version_of
-from toolchain.errors import CalibrationError, UserInputError
+from toolchain.errors import UserInputError
 
 FP16_NOTE = (
     "validated on the host as an FP16 copy of the ONNX model (float16 weights and activations) in ONNX "
@@ -124,17 +131,12 @@ class TensorRTConverter(Converter):
         )
 
     def _int8(self, ctx: BuildContext) -> ConvertedArtifact:
-        if ctx.calibration is None:
-            raise CalibrationError(
-                "INT8 needs calibration data from you; edgectl never invents it",
-                hint="pass --calib with a folder of representative inputs (or a .npy), or --precision fp16",
-            )
         from toolchain import quantize
 
         result = quantize.int8_with_repair(
             ctx.fp32_onnx,
             ctx.workdir,
-            ctx.calibration,
+            require_calibration(ctx, alternative="fp16"),
             ctx.input_name,
             config=quantize.tensorrt_explicit(),
             evaluate=ctx.evaluate,
