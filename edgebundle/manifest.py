@@ -346,6 +346,51 @@ class CoreMLReport(_Model):
     notes: list[str] = Field(default_factory=list)
 
 
+class FitItem(_Model):
+    """One line of a microcontroller memory budget: what takes the bytes and how the figure was obtained."""
+
+    what: str
+    bytes: int = Field(ge=0)
+    basis: Literal["measured", "estimated", "board", "policy"] = Field(
+        description="measured: on the build host; estimated: see notes; board: the profile's reserve; "
+        "policy: a stated margin."
+    )
+
+
+class MemoryBudget(_Model):
+    capacity_bytes: int = Field(ge=0, description="What the board has: the profile's flash_kb or sram_kb.")
+    items: list[FitItem]
+    needed_bytes: int = Field(ge=0, description="The sum of the items.")
+    fits: bool
+
+
+class MemoryFit(_Model):
+    """TFLite Micro targets: how the model fits the board's flash and RAM, and the tensor arena to allocate."""
+
+    fits: bool
+    flash: MemoryBudget
+    ram: MemoryBudget
+    arena_bytes: int = Field(
+        ge=0, description="The tensor arena to allocate: the measured smallest + margin."
+    )
+    arena_measured_bytes: int = Field(
+        ge=0, description="The smallest arena with which TFLM allocated and ran the model on the build host."
+    )
+    arena_margin_bytes: int = Field(ge=0)
+    arena_margin_rule: str
+    arena_recorded_bytes: int = Field(
+        ge=0, description="What TFLM's RecordingMicroAllocator reported on the (64-bit) build host."
+    )
+    ops: dict[str, int] = Field(description="Builtin ops the model uses and how often.")
+    peak_layer: str | None = Field(
+        default=None, description="The op during which most activations are alive."
+    )
+    peak_layer_bytes: int = Field(default=0, ge=0)
+    notes: list[str] = Field(
+        default_factory=list, description="How each estimate was obtained, what is left out."
+    )
+
+
 class Manifest(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -370,6 +415,9 @@ class Manifest(_Model):
         default=None, description="Jetson: the device-side engine build plan."
     )
     coreml: CoreMLReport | None = Field(default=None, description="iOS: the Core ML package and its checks.")
+    memory_fit: MemoryFit | None = Field(
+        default=None, description="Microcontrollers: flash and RAM against the board, and the tensor arena."
+    )
     files: list[FileEntry] = Field(default_factory=list, description="sha256 of every file but the manifest.")
     key_id: str | None = Field(default=None, description="Fingerprint of the public key that signs it.")
 

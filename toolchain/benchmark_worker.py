@@ -37,6 +37,8 @@ def main(argv: list[str]) -> None:
         import onnxruntime  # noqa: F401  (count the runtime's import in the baseline, not the model)
     elif runtime == "tflite":
         import ai_edge_litert.interpreter  # noqa: F401
+    elif runtime == "tflite-micro":
+        import tflite_micro.python.tflite_micro.runtime  # noqa: F401
     baseline = _rss_mb()
     start = time.perf_counter()
     runner = RUNNERS[runtime](path, threads or None)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SIZE = 32
+SCAN_SIZE = 8  # the scans' native resolution: no resampling at this size
+WIDTHS = (32, 64, 128)  # channels of the three conv stages
 CALIBRATION_IMAGES = 128
 VALIDATION_FRACTION = 0.3
 
@@ -27,49 +29,65 @@ class DemoData:
     val_accuracy: float
 
 
-def _digits_images(seed: int):
+def _digits_images(seed: int, size: int = IMAGE_SIZE):
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     pixels = (digits.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)
-    images = np.stack(
-        [np.asarray(Image.fromarray(p).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)) for p in pixels]
-    )
+    if size == SCAN_SIZE:
+        images = pixels
+    else:
+        images = np.stack(
+            [np.asarray(Image.fromarray(p).resize((size, size), Image.BICUBIC)) for p in pixels]
+        )
     return train_test_split(
         images, digits.target, test_size=VALIDATION_FRACTION, stratify=digits.target, random_state=seed
     )
 
 
-def _make_model():
+def _make_model(widths: tuple[int, int, int] = WIDTHS):
     import torch
     from torch import nn
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
+    first, second, third = widths
     return nn.Sequential(
-        *block(1, 32),
-        *block(32, 32),
+        *block(1, first),
+        *block(first, first),
         nn.MaxPool2d(2),
-        *block(32, 64),
-        *block(64, 64),
+        *block(first, second),
+        *block(second, second),
         nn.MaxPool2d(2),
-        *block(64, 128),
-        *block(128, 128),
+        *block(second, third),
+        *block(third, third),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(128, 10),
+        nn.Linear(third, 10),
     ), torch
 
 
-def train_digits_model(out: Path, *, epochs: int = 12, seed: int = 0, progress=None) -> DemoData:
-    """Train the demo CNN and write model, calibration folder and validation folder under `out`."""
+def train_digits_model(
+    out: Path,
+    *,
+    epochs: int = 12,
+    seed: int = 0,
+    progress=None,
+    image_size: int = IMAGE_SIZE,
+    widths: tuple[int, int, int] = WIDTHS,
+) -> DemoData:
+    """Train the demo CNN and write model, calibration folder and validation folder under `out`.
+
+    `image_size` and `widths` make smaller variants of the same network: at the scans' native 8x8
+    and (8, 16, 32) channels it is the microcontroller reference model (`toolchain.micro_samples`).
+    """
     from PIL import Image
 
-    x_train, x_val, y_train, y_val = _digits_images(seed)
-    model, torch = _make_model()
+    x_train, x_val, y_train, y_val = _digits_images(seed, image_size)
+    model, torch = _make_model(widths)
     torch.manual_seed(seed)
     to_tensor = lambda a: torch.from_numpy(a.astype(np.float32)[:, None] / 255.0)  # noqa: E731
     xt, yt = to_tensor(x_train), torch.from_numpy(y_train.astype(np.int64))
@@ -77,6 +95,7 @@ def train_digits_model(out: Path, *, epochs: int = 12, seed: int = 0, progress=N
     steps = epochs * ((len(xt) + 63) // 64)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
+    shift = 2 * image_size // IMAGE_SIZE  # 2 pixels at 32x32; none at 8x8, where a pixel is an eighth
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(xt), generator=generator)
@@ -84,7 +103,7 @@ def train_digits_model(out: Path, *, epochs: int = 12, seed: int = 0, progress=N
             idx = order[start : start + 64]
             batch = xt[idx]
             # small random shifts: the scans are centred, real inputs are not
-            dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            dx, dy = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
             batch = torch.roll(batch, shifts=(dy, dx), dims=(2, 3))
             loss = torch.nn.functional.cross_entropy(model(batch), yt[idx])
             optimizer.zero_grad()
@@ -99,7 +118,7 @@ def train_digits_model(out: Path, *, epochs: int = 12, seed: int = 0, progress=N
 
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "digits_cnn.pt"
-    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)), str(model_path))
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 1, image_size, image_size)), str(model_path))
     calib_dir, val_dir = out / "calib", out / "val"
     rng = np.random.default_rng(seed)
     for index in rng.choice(len(x_train), CALIBRATION_IMAGES, replace=False):

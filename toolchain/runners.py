@@ -12,6 +12,7 @@ import numpy as np
 
 from edgebundle.manifest import QuantParams, TensorSpec
 from toolchain.deps import require
+from toolchain.micro_runtime import MicroRunner
 
 
 class Runner(Protocol):
@@ -205,6 +206,7 @@ RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
     "tensorflow": SavedModelRunner,
     "tensorrt": TensorRTEngineRunner,
     "coreml": _coreml_runner,
+    "tflite-micro": MicroRunner,
 }
 
 
@@ -216,6 +218,7 @@ RUNTIME_FOR_SUFFIX = {
     ".tflite": "tflite",
     ".engine": "tensorrt",
     ".mlpackage": "coreml",
+    ".micro.tflite": "tflite-micro",
 }
 
 # Runtimes whose runner can load an artifact and report its tensors but not run it on this host.

@@ -16,6 +16,7 @@ CONVERTER_TESTS = {
     "onnxruntime": "test_build_cpu.py",
     "tensorrt": "test_build_tensorrt.py",
     "tflite": "test_build_tflite.py",
+    "tflite-micro": "test_build_micro.py",
 }
 
 

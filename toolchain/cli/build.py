@@ -136,8 +136,10 @@ def result_row(result) -> dict:
     manifest = result.manifest
     report, bench = manifest.validation, manifest.benchmark
     metric = report.metric if report else None
+    fit = manifest.memory_fit
     return {
         "target": result.target,
+        "runtime": manifest.runtime,
         "precision": result.precision,
         "artifact_bytes": artifact_bytes(manifest),
         "metric": metric,
@@ -148,6 +150,15 @@ def result_row(result) -> dict:
         "p50_ms": bench.latency_ms_p50 if bench else None,
         "p95_ms": bench.latency_ms_p95 if bench else None,
         "layers_kept_float": report.repair.layers_kept_float if report and report.repair else [],
+        "memory_fit": None
+        if fit is None
+        else {
+            "flash_needed_bytes": fit.flash.needed_bytes,
+            "flash_capacity_bytes": fit.flash.capacity_bytes,
+            "ram_needed_bytes": fit.ram.needed_bytes,
+            "ram_capacity_bytes": fit.ram.capacity_bytes,
+            "arena_bytes": fit.arena_bytes,
+        },
         "bundle": str(result.archive),
     }
 
@@ -196,3 +207,11 @@ def print_results(results, title: str = "edgectl build") -> None:
             )
         for note in report.notes if report else []:
             console.print(f"{result.target}: note: {note}")
+        fit = result.manifest.memory_fit
+        if fit is not None:
+            console.print(
+                f"{result.target}: flash {human_bytes(fit.flash.needed_bytes)} of "
+                f"{human_bytes(fit.flash.capacity_bytes)}, RAM {human_bytes(fit.ram.needed_bytes)} of "
+                f"{human_bytes(fit.ram.capacity_bytes)}; tensor arena {fit.arena_bytes} bytes "
+                f"({fit.arena_measured_bytes} measured + {fit.arena_margin_bytes} margin)"
+            )

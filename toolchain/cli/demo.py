@@ -16,6 +16,9 @@ def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the model, data, keys and bundles."),
     epochs: int = typer.Option(12, "--epochs", help="Training epochs of the digits CNN."),
     max_drop: float = typer.Option(0.5, "--max-drop", help="Largest top-1 drop allowed, in points."),
+    target: list[str] = typer.Option(
+        [], "--target", "-t", help="Only these targets (repeat); default: every target with a converter."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Train a CNN on scikit-learn's digits (no download) and run `build` for every available target."""
@@ -27,6 +30,16 @@ def demo_command(
     from toolchain.demo import IMAGE_SIZE, train_digits_model
     from toolchain.pipeline import BuildRequest, build
 
+    # targets first (a typo fails in a second, before training): the user's, else every one with a converter
+    if target:
+        from targets import get_profile
+
+        profiles = [get_profile(name) for name in dict.fromkeys(target)]
+    else:
+        profiles = [p for p in load_profiles().values() if p.runtime in CONVERTERS]
+    # microcontrollers get the 8x8 reference CNN: the 32x32 demo model does not fit the smallest board
+    available = sorted(p.name for p in profiles if p.runtime != "tflite-micro")
+    micro = sorted(p.name for p in profiles if p.runtime == "tflite-micro")
     show = not as_json and sys.stderr.isatty()
     with RichReporter(enabled=show) as reporter:
         reporter.stage("training the digits CNN")
@@ -34,7 +47,6 @@ def demo_command(
         key = out / "keys" / "signing.key"
         if not key.exists():
             generate_keypair(out / "keys")
-        available = sorted(p.name for p in load_profiles().values() if p.runtime in CONVERTERS)
         common = dict(
             model=str(data.model),
             calib=data.calib,
@@ -44,20 +56,35 @@ def demo_command(
             sign_key=key,
             input_shape=[1, 1, IMAGE_SIZE, IMAGE_SIZE],
         )
-        results = build(BuildRequest(targets=available, name="digits-cnn", **common), reporter)
+        results = (
+            build(BuildRequest(targets=available, name="digits-cnn", **common), reporter) if available else []
+        )
         # an FP32 twin of every quantized bundle, so the table shows what quantization bought
         quantized = [r.target for r in results if r.precision != "fp32"]
         if quantized:
             results += build(
                 BuildRequest(targets=quantized, precision="fp32", name="digits-cnn-fp32", **common), reporter
             )
+        if micro:
+            from toolchain.micro_samples import REFERENCE_SHAPE, train_micro_reference
+
+            reporter.stage("training the 8x8 digits CNN for microcontrollers")
+            small = train_micro_reference(out / "data-micro", epochs=epochs, progress=reporter.advance)
+            micro_request = {
+                **common,
+                "model": str(small.model),
+                "calib": small.calib,
+                "val": small.val,
+                "input_shape": REFERENCE_SHAPE,
+            }
+            results += build(BuildRequest(targets=micro, name="digits-cnn-8x8", **micro_request), reporter)
     results.sort(key=lambda r: (r.target, r.precision))
     if as_json:
         emit_json(
             "demo",
             {
                 "training_top1": data.val_accuracy,
-                "targets": available,
+                "targets": available + micro,
                 "rows": [result_row(r) for r in results],
             },
         )

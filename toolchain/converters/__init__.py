@@ -13,6 +13,7 @@ from toolchain.converters import coreml as _coreml  # noqa: F401
 from toolchain.converters import onnxruntime as _onnxruntime  # noqa: F401  (registers itself)
 from toolchain.converters import tensorrt as _tensorrt  # noqa: F401
 from toolchain.converters import tflite as _tflite  # noqa: F401
+from toolchain.converters import tflite_micro as _tflite_micro  # noqa: F401
 from toolchain.converters.base import (
     CONVERTERS,
     KNOWN_RUNTIMES,
