@@ -315,7 +315,10 @@ def verify_and_parse(
             hint="rebuild or re-download the bundle, and check you use the right public key",
         ) from None
     manifest = parse_manifest_bytes(manifest_bytes)
-    if canonical_manifest_bytes(manifest) != manifest_bytes:
+    # The bytes as signed must be canonical JSON. Compared with the canonical form of the bytes
+    # themselves, not of the re-dumped model: a manifest written before an optional field was added
+    # to the schema stays valid (the model would dump that field as null and differ).
+    if canonical_json(json.loads(manifest_bytes)) != manifest_bytes:
         raise SignatureError(
             "manifest.json is not in canonical form (sorted keys, no whitespace, UTF-8)",
             hint="bundles must be written by edgectl; do not edit or re-format manifest.json",

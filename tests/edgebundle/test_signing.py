@@ -309,6 +309,18 @@ def test_non_canonical_manifest_file_fails_even_when_signed(keypair) -> None:
         verify_manifest_signature(pretty, signed_pretty, public)
 
 
+def test_manifest_signed_before_an_optional_field_existed_still_verifies(keypair) -> None:
+    """Schema 1 grows optional fields; a bundle signed without them must keep verifying on newer code."""
+    from edgebundle.signing import verify_and_parse
+
+    private, public = keypair
+    data = json.loads(canonical_manifest_bytes(make_manifest()))
+    older = {k: v for k, v in data.items() if k not in ("tensorrt", "coreml", "memory_fit", "health")}
+    older_bytes = canonical_json(older)
+    manifest = verify_and_parse(older_bytes, base64.b64encode(private.sign(older_bytes)) + b"\n", public)
+    assert manifest.tensorrt is None and manifest.name == data["name"]
+
+
 def test_duplicate_keys_are_refused_even_when_signed(keypair) -> None:
     private, public = keypair
     data = canonical_manifest_bytes(make_manifest())
