@@ -1,0 +1,48 @@
+"""The update lifecycle table itself: complete, consistent with the wire contract, and with no dead ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_agent.update import FINAL, IDLE, RISKY, TRANSITIONS, next_state
+from edgewire import UPDATE_STATES
+from edgewire.messages import FINAL_UPDATE_STATES
+
+
+def reachable(start: str) -> set[str]:
+    seen, frontier = {start}, [start]
+    while frontier:
+        state = frontier.pop()
+        for (source, _), target in TRANSITIONS.items():
+            if source == state and target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return seen
+
+
+def test_the_states_are_the_wire_states_plus_idle():
+    states = {s for pair in TRANSITIONS for s in pair[:1]} | set(TRANSITIONS.values())
+    assert states == {*UPDATE_STATES, IDLE}
+    assert set(FINAL) == FINAL_UPDATE_STATES
+
+
+def test_every_state_is_reachable_and_every_update_can_end():
+    assert reachable(IDLE) == {*UPDATE_STATES, IDLE}
+    for state in set(UPDATE_STATES) - set(FINAL):
+        assert reachable(state) & set(FINAL), state
+        exits = {event for (source, event) in TRANSITIONS if source == state}
+        assert exits & {"failed", "unhealthy", "rejected"}, f"{state} has no way to fail"
+    for state in RISKY:
+        assert (state, "crash_loop") in TRANSITIONS, f"a crash loop in {state} must end the update"
+
+
+def test_a_final_state_only_starts_a_new_update():
+    for state in (IDLE, *FINAL):
+        assert {event for (source, event) in TRANSITIONS if source == state} == {"desired", "already_serving"}
+    assert TRANSITIONS[("HEALTHCHECK", "unhealthy")] == "ROLLED_BACK"
+    assert TRANSITIONS[("HEALTHCHECK", "healthy")] == "SUCCEEDED"
+
+
+def test_an_event_outside_the_table_is_a_bug():
+    with pytest.raises(RuntimeError, match="no transition from SUCCEEDED on healthy"):
+        next_state("SUCCEEDED", "healthy")
