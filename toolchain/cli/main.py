@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from toolchain.cli import build, bundles, demo, export, keys, targets
+from toolchain.cli import build, bundles, demo, devices, export, fleet, keys, registry, rollout, targets
 
 app = typer.Typer(
     name="edgectl",
@@ -25,6 +25,10 @@ bundles.register(app)
 keys.register(app)
 export.register(app)
 demo.register(app)
+fleet.register(app)
+rollout.register(app)
+devices.register(app)
+registry.register(app)
 
 
 def _print_error(message: str, hint: str | None) -> None:

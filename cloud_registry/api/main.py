@@ -1,0 +1,12 @@
+"""All admin API routers, mounted under /api/v1."""
+
+from fastapi import APIRouter
+
+from cloud_registry.api.routes import broker, devices, models, rollouts, tokens
+
+api_router = APIRouter()
+api_router.include_router(models.router)
+api_router.include_router(devices.router)
+api_router.include_router(rollouts.router)
+api_router.include_router(tokens.router)
+api_router.include_router(broker.router)

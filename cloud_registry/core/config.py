@@ -1,0 +1,138 @@
+"""Settings, from environment variables (`EDGECTL_REGISTRY_*`) and an optional YAML or JSON file.
+
+Precedence, highest first: arguments given in code, environment variables, the
+file named by `EDGECTL_REGISTRY_CONFIG`, the defaults below. The defaults run
+a self-contained registry: SQLite and artifacts under `./registry-data`, no
+MQTT.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_FILE_ENV = "EDGECTL_REGISTRY_CONFIG"
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the YAML/JSON file named by EDGECTL_REGISTRY_CONFIG (YAML is a superset of JSON)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if not path:
+            return {}
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read registry settings file {path}: {exc.strerror or exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"registry settings file {path} must hold a mapping of setting names to values")
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGECTL_REGISTRY_", extra="forbid")
+
+    # Storage of records and bytes.
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty: SQLite at <data_dir>/registry.db."
+    )
+    data_dir: Path = Field(default=Path("registry-data"), description="SQLite file and local artifacts.")
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = "artifacts/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    # Security.
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bootstrap admin API token, created on start when given (keep it secret)."
+    )
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="PEM Ed25519 public keys whose bundles are accepted."
+    )
+    command_key: Path | None = Field(
+        default=None,
+        description="PEM Ed25519 private key that signs rollback orders; empty: <data_dir>/command.key, "
+        "created on first start.",
+    )
+    max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
+    enroll_token_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+
+    # Fleet and MQTT.
+    fleet: str = "default"
+    public_url: str = Field(default="", description="Base URL devices use; empty: bundle URLs are paths.")
+    mqtt_host: str | None = Field(default=None, description="Broker the registry connects to; None: no MQTT.")
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = False
+    mqtt_client_id: str = Field(default="edgectl-registry", description="Unique per replica.")
+    mqtt_share_group: str | None = Field(
+        default=None, description="MQTT 5 shared subscription group; set on every replica to split ingest."
+    )
+    device_mqtt_host: str | None = Field(default=None, description="Broker host given to devices.")
+    device_mqtt_port: int | None = None
+    mosquitto_dir: Path | None = Field(
+        default=None, description="Keep mosquitto.passwd and mosquitto.acl here, rewritten on enrollment."
+    )
+    mosquitto_pid_file: Path | None = Field(
+        default=None, description="Send SIGHUP to this broker after rewriting its files (reload)."
+    )
+
+    # Ingest and rollouts.
+    ingest_batch_size: int = Field(default=500, ge=1)
+    ingest_flush_s: float = Field(default=0.2, gt=0)
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    presence_timeout_s: float = Field(default=180.0, gt=0)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, value: str) -> str:
+        from edgewire.topics import check_id
+
+        return check_id(value, "fleet id")
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if isinstance(value, str):  # EDGECTL_REGISTRY_TRUSTED_KEYS=a.pub,b.pub (or a JSON list)
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def command_key_path(self) -> Path:
+        return self.command_key or self.data_dir / "command.key"

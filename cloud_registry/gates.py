@@ -1,0 +1,94 @@
+"""Health gates of a rollout: what the updated devices' telemetry says after the update, against before.
+
+Pure functions over plain numbers, so the boundary semantics are tested
+exactly (tests/cloud_registry/test_gates.py):
+- an error-type gate (failure rate, error-rate increase, p95 regression,
+  confidence PSI) fires only when its value is strictly above its threshold;
+- a success threshold is met when the success share is at or above it.
+
+"Before" is the same devices' telemetry on their previous version in the
+baseline window before each one was updated; "after" is their telemetry on the
+new version since each one reported SUCCEEDED. Sides with fewer inferences than
+the policy's `min_inferences` (or none at all) give no value, and a gate
+without a value does not fire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgewire.drift import psi
+
+GATES = ("failure_rate", "error_rate_increase", "p95_regression", "confidence_psi")
+
+
+@dataclass
+class Window:
+    """Telemetry of a set of devices over a time window, added up."""
+
+    inferences: int = 0
+    errors: int = 0
+    p95_weighted: float = 0.0  # sum of count * p95 over intervals that report a p95
+    p95_count: int = 0
+    confidence: list[int] = field(default_factory=list)
+
+    def add(self, count: int, errors: int, p95: float | None, confidence_hist: list[int] | None) -> None:
+        self.inferences += count
+        self.errors += errors
+        if p95 is not None and count > 0:
+            self.p95_weighted += count * p95
+            self.p95_count += count
+        if confidence_hist:
+            width = max(len(self.confidence), len(confidence_hist))
+            self.confidence = [
+                (self.confidence[i] if i < len(self.confidence) else 0)
+                + (confidence_hist[i] if i < len(confidence_hist) else 0)
+                for i in range(width)
+            ]
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.inferences if self.inferences else None
+
+    @property
+    def p95_ms(self) -> float | None:
+        """Inference-weighted mean of the intervals' p95 latencies."""
+        return self.p95_weighted / self.p95_count if self.p95_count else None
+
+
+def exceeds(value: float | None, threshold: float) -> bool:
+    """An error-type gate fires strictly above its threshold; no value, no firing."""
+    return value is not None and value > threshold
+
+
+def meets(value: float, threshold: float) -> bool:
+    """A success threshold is met at or above it."""
+    return value >= threshold
+
+
+def telemetry_values(before: Window, after: Window, min_inferences: int) -> dict[str, float | None]:
+    enough = max(1, min_inferences)
+    if before.inferences < enough or after.inferences < enough:
+        return {"error_rate_increase": None, "p95_regression": None, "confidence_psi": None}
+    error_increase = None
+    if before.error_rate is not None and after.error_rate is not None:
+        error_increase = after.error_rate - before.error_rate
+    regression = None
+    if before.p95_ms and after.p95_ms is not None:
+        regression = after.p95_ms / before.p95_ms - 1.0
+    shift = None
+    if sum(before.confidence) > 0 and sum(after.confidence) > 0:
+        shift = psi(before.confidence, after.confidence)
+    return {"error_rate_increase": error_increase, "p95_regression": regression, "confidence_psi": shift}
+
+
+def crossed_gates(values: dict[str, Any], policy: Any) -> list[str]:
+    """Names of the gates whose value is above its threshold, in GATES order."""
+    thresholds = {
+        "failure_rate": policy.max_failure_rate,
+        "error_rate_increase": policy.max_error_rate_increase,
+        "p95_regression": policy.max_p95_regression,
+        "confidence_psi": policy.max_confidence_psi,
+    }
+    return [name for name in GATES if exceeds(values.get(name), thresholds[name])]

@@ -1,0 +1,291 @@
+"""Database tables (SQLAlchemy 2 declarative). Times are unix seconds, as on the wire.
+
+The schema itself is created by Alembic migrations (cloud_registry/migrations); a
+change here comes with a new migration, checked by tests/cloud_registry/test_storage_and_schema.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Blob(Base):
+    """One stored archive, by content: the same bytes are stored once whoever uploads them."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", order_by="ModelVersion.version", cascade="all, delete-orphan"
+    )
+    aliases: Mapped[list[Alias]] = relationship(back_populates="model", cascade="all, delete-orphan")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    source_kind: Mapped[str] = mapped_column(String(64))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    parent_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    training_data: Mapped[str | None] = mapped_column(Text, default=None)
+    data_snapshots: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trigger: Mapped[str | None] = mapped_column(String(128), default=None)
+    model: Mapped[Model] = relationship(back_populates="versions")
+    artifacts: Mapped[list[Artifact]] = relationship(
+        back_populates="version", order_by="Artifact.target", cascade="all, delete-orphan"
+    )
+
+
+class Artifact(Base):
+    """One signed bundle of a version, for one target."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("version_id", "target"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[str] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(8))
+    archive_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    archive_size: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(16))
+    manifest: Mapped[dict[str, Any]] = mapped_column()
+    metric: Mapped[str | None] = mapped_column(String(32), default=None)
+    metric_value: Mapped[float | None] = mapped_column(Float, default=None)
+    metric_reference: Mapped[float | None] = mapped_column(Float, default=None)
+    drop_points: Mapped[float | None] = mapped_column(Float, default=None)
+    validation_passed: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    latency_ms_p50: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_ms_p95: Mapped[float | None] = mapped_column(Float, default=None)
+    uploaded_at: Mapped[float] = mapped_column(Float)
+    uploaded_by: Mapped[str] = mapped_column(String(64))
+    version: Mapped[ModelVersion] = relationship(back_populates="artifacts")
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("model_id", "alias"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    updated_at: Mapped[float] = mapped_column(Float)
+    model: Mapped[Model] = relationship(back_populates="aliases")
+    version: Mapped[ModelVersion] = relationship()
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    group: Mapped[str | None] = mapped_column(String(64), default=None)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    name: Mapped[str | None] = mapped_column(String(63), default=None)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[float | None] = mapped_column(Float, default=None)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"), default=None)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    fleet: Mapped[str] = mapped_column(String(63))
+    target: Mapped[str] = mapped_column(String(64))
+    group: Mapped[str | None] = mapped_column(String(64), default=None)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    hardware: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    mqtt_password_hash: Mapped[str] = mapped_column(String(256))
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    presence_session: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen: Mapped[float | None] = mapped_column(Float, default=None)
+    agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    model_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    current_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    slot: Mapped[str | None] = mapped_column(String(1), default=None)
+    desired: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    last_update_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    last_telemetry_at: Mapped[float | None] = mapped_column(Float, default=None)
+    last_telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class DesiredRecord(Base):
+    """Every desired state ever given to a device: its history, and the archives it may fetch."""
+
+    __tablename__ = "desired_records"
+    __table_args__ = (Index("ix_desired_device_sha", "device_id", "archive_sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[float] = mapped_column(Float)
+    update_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    rollout_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TelemetryRecord(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_time", "device_id", "received_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    msg_id: Mapped[str] = mapped_column(String(32), unique=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    interval_s: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    count: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    latency_ms_p50: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_ms_p95: Mapped[float | None] = mapped_column(Float, default=None)
+    throughput_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    system: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    queue: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class UpdateEvent(Base):
+    __tablename__ = "update_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    msg_id: Mapped[str] = mapped_column(String(32), unique=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    update_id: Mapped[str] = mapped_column(String(64), index=True)
+    rollout_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    model: Mapped[str] = mapped_column(String(128))
+    from_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    to_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    slot: Mapped[str | None] = mapped_column(String(1), default=None)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    selection: Mapped[dict[str, Any]] = mapped_column()
+    waves: Mapped[list[Any]] = mapped_column()
+    policy: Mapped[dict[str, Any]] = mapped_column()
+    current_wave: Mapped[int] = mapped_column(Integer, default=-1)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    version: Mapped[ModelVersion] = relationship()
+    devices: Mapped[list[RolloutDevice]] = relationship(
+        back_populates="rollout", order_by="RolloutDevice.wave", cascade="all, delete-orphan"
+    )
+    wave_rows: Mapped[list[RolloutWave]] = relationship(
+        back_populates="rollout", order_by="RolloutWave.index", cascade="all, delete-orphan"
+    )
+
+
+class RolloutWave(Base):
+    __tablename__ = "rollout_waves"
+    __table_args__ = (UniqueConstraint("rollout_id", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(Integer, doc="Devices in this wave alone.")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    healthy_since: Mapped[float | None] = mapped_column(Float, default=None)
+    completed_at: Mapped[float | None] = mapped_column(Float, default=None)
+    rollout: Mapped[Rollout] = relationship(back_populates="wave_rows")
+
+
+class RolloutDevice(Base):
+    __tablename__ = "rollout_devices"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    wave: Mapped[int] = mapped_column(Integer)
+    from_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    update_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    rollout: Mapped[Rollout] = relationship(back_populates="devices")
+    device: Mapped[Device] = relationship()
+
+
+class RolloutDecision(Base):
+    """Every decision of a rollout, with its reason: wave started, gate crossed, paused, rolled back..."""
+
+    __tablename__ = "rollout_decisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    wave: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class GateEvaluation(Base):
+    """The gate values of a rollout at one reconciler tick, for the record and the dashboard's charts."""
+
+    __tablename__ = "gate_evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    wave: Mapped[int] = mapped_column(Integer)
+    values: Mapped[dict[str, Any]] = mapped_column()
+    crossed: Mapped[list[Any]] = mapped_column(default=list)

@@ -1,0 +1,112 @@
+"""The registry's one MQTT connection: it subscribes to the fleet's data and publishes desired states.
+
+- MQTT 5, a persistent session (clean_start off, one hour's expiry) and manual
+  acknowledgements: a QoS 1 message is acknowledged only after the batch that
+  holds it is committed to the database, so neither a registry crash nor a
+  broker restart loses telemetry; the broker redelivers what was not acked.
+- With `mqtt_share_group` set, the subscription is `$share/<group>/edgectl/data/#`
+  and the broker splits the stream across every replica in the group.
+- paho's network thread reconnects by itself (1 s to 30 s back-off); on every
+  (re)connect the subscription is renewed and `on_connected` runs (the registry
+  republishes every retained desired state then).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud_registry.core.config import Settings
+from edgewire.topics import Topics, data_subscription
+
+log = logging.getLogger("cloud_registry.mqtt")
+SESSION_EXPIRY_S = 3600
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Settings,
+        on_message: Callable[[mqtt.MQTTMessage], None],
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_message_cb, self._on_connected_cb = on_message, on_connected
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._stopping = False
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if settings.mqtt_username:
+            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            self.client.username_pw_set(settings.mqtt_username, password)
+        if settings.mqtt_tls:
+            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_queued_messages_set(0)  # keep every desired state until the broker is back
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(
+            self.settings.mqtt_host or "localhost",
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def publish_desired(self, fleet: str, device: str, payload: bytes | None) -> None:
+        """Retained, QoS 1; an empty payload clears the retained message."""
+        self.client.publish(Topics(fleet, device).desired, payload or b"", qos=1, retain=True)
+
+    # paho callbacks (its network thread)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("MQTT connection refused: %s", reason_code)
+            return
+        log.info("MQTT connected to %s:%s", self.settings.mqtt_host, self.settings.mqtt_port)
+        self.connected.set()
+        client.subscribe(data_subscription(self.settings.mqtt_share_group), qos=1)
+        if self._on_connected_cb is not None:
+            threading.Thread(target=self._on_connected_cb, name="mqtt-on-connected", daemon=True).start()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        if any(code.is_failure for code in reason_codes):
+            log.error("MQTT subscription refused: %s", [str(c) for c in reason_codes])
+            return
+        self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._stopping:
+            log.warning("MQTT disconnected (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
+        self._on_message_cb(message)

@@ -1,0 +1,593 @@
+"""Staged rollouts: a version to a selection of devices in waves, gated on the devices' telemetry.
+
+All state lives in the database (rollouts, their waves and devices, decisions,
+gate evaluations); `Reconciler.tick` reads it, decides, and writes back, so a
+registry restarted mid-rollout carries on from the rows, and with several
+replicas on PostgreSQL each rollout is advanced by one of them at a time
+(`SELECT ... FOR UPDATE SKIP LOCKED`).
+
+One tick of a running rollout:
+1. gate values over every device of the started waves (see `gates`);
+2. a gate above its threshold: halt, and order every updated device back to its
+   previous version with a signed `RollbackOrder`;
+3. else, the current wave: once the share of its devices that SUCCEEDED meets
+   the success threshold (and, if the policy asks, enough inferences came in),
+   it must stay healthy for `bake_s`; then the next wave starts, or the rollout
+   completes. A wave that does not meet its threshold within `wave_timeout_s`
+   halts the rollout the same way.
+Every decision is a `RolloutDecision` row with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud_registry import crud, gates, schemas
+from cloud_registry import models as m
+from cloud_registry.crud import Conflict, NotFound, Publication
+from edgewire.commands import sign_rollback
+
+log = logging.getLogger("cloud_registry.rollouts")
+
+FAILED_STATES = ("failed", "rolled_back")
+TOUCHED_STATES = ("updating", "succeeded", "failed", "rolled_back", "reverting", "reverted", "revert_failed")
+
+
+def _update_id(rollout_id: int, device_id: int, version: int, kind: str = "u") -> str:
+    return f"r{rollout_id}-{kind}{version}-d{device_id}"
+
+
+def _decide(
+    session: Session, rollout: m.Rollout, action: str, reason: str, actor: str, **details: Any
+) -> m.RolloutDecision:
+    row = m.RolloutDecision(
+        rollout_id=rollout.id,
+        at=time.time(),
+        wave=rollout.current_wave,
+        action=action,
+        reason=reason,
+        actor=actor,
+        details=details,
+    )
+    session.add(row)
+    log.info("rollout %s: %s: %s", rollout.id, action, reason)
+    return row
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def _select_devices(session: Session, selection: schemas.Selection) -> list[m.Device]:
+    devices = crud.list_devices(session, target=selection.target, group=selection.group, tag=selection.tag)
+    if selection.devices is not None:
+        wanted = set(selection.devices)
+        devices = [d for d in devices if d.name in wanted]
+    return devices
+
+
+def create_rollout(
+    session: Session, *, body: schemas.RolloutCreate, actor: str, public_url: str
+) -> tuple[m.Rollout, list[Publication]]:
+    """Plan the waves, record the rollout, and start its first wave."""
+    if body.alias is not None:
+        version = crud.resolve_alias(session, model=body.model, alias=body.alias)
+    else:
+        version = crud.get_version(session, model=body.model, version=body.version or 0)
+    targets = {a.target for a in version.artifacts}
+    excluded: dict[str, list[str]] = {"no artifact for target": [], "already on it or newer": []}
+    chosen = []
+    for device in _select_devices(session, body.selection):
+        if device.target not in targets:
+            excluded["no artifact for target"].append(device.name)
+        elif device.model_name == body.model and (device.current_version or 0) >= version.version:
+            excluded["already on it or newer"].append(device.name)
+        else:
+            chosen.append(device)
+    if not chosen:
+        raise Conflict(
+            f"no device to update: the selection matches none that takes {body.model} v{version.version} "
+            f"(artifacts for {sorted(targets) or 'no target'})"
+        )
+    busy = session.scalars(
+        select(m.Device.name)
+        .join(m.RolloutDevice, m.RolloutDevice.device_id == m.Device.id)
+        .join(m.Rollout, m.Rollout.id == m.RolloutDevice.rollout_id)
+        .where(m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES), m.Device.id.in_([d.id for d in chosen]))
+    ).all()
+    if busy:
+        raise Conflict(f"devices already in an active rollout: {', '.join(sorted(busy)[:10])}")
+    now = time.time()
+    percents = body.wave_percents()
+    sizes = schemas.wave_sizes(percents, len(chosen))
+    kept = [(p, s) for p, s in zip(percents, sizes, strict=True) if s > 0]
+    rollout = m.Rollout(
+        version_id=version.id,
+        state="running",
+        selection=body.selection.model_dump(mode="json", exclude_none=True),
+        waves=[p for p, _ in kept],
+        policy=body.policy.model_dump(mode="json"),
+        current_wave=-1,
+        created_at=now,
+        created_by=actor,
+        updated_at=now,
+    )
+    session.add(rollout)
+    session.flush()
+    # A stable shuffle per rollout, so the first wave is not always the same devices.
+    order = sorted(chosen, key=lambda d: hashlib.sha256(f"{rollout.id}:{d.name}".encode()).hexdigest())
+    start = 0
+    for index, (percent, size) in enumerate(kept):
+        session.add(m.RolloutWave(rollout_id=rollout.id, index=index, percent=percent, size=size))
+        for device in order[start : start + size]:
+            previous = device.current_version if device.model_name == body.model else None
+            session.add(
+                m.RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=index, from_version=previous)
+            )
+        start += size
+    session.flush()
+    session.refresh(rollout)
+    _decide(
+        session,
+        rollout,
+        "created",
+        f"{body.model} v{version.version} to {len(chosen)} devices in {len(kept)} waves "
+        f"({', '.join(f'{p:g}%: {s}' for p, s in kept)})",
+        actor,
+        excluded={k: v for k, v in excluded.items() if v},
+        dropped_empty_waves=[p for p, s in zip(percents, sizes, strict=True) if s == 0],
+    )
+    publications = _start_wave(session, rollout, 0, actor, public_url)
+    return rollout, publications
+
+
+def _start_wave(
+    session: Session, rollout: m.Rollout, index: int, actor: str, public_url: str
+) -> list[Publication]:
+    wave = rollout.wave_rows[index]
+    now = time.time()
+    wave.state, wave.started_at = "running", now
+    rollout.current_wave, rollout.updated_at = index, now
+    version = rollout.version
+    model_name = version.model.name
+    publications = []
+    for entry in rollout.devices:
+        if entry.wave != index:
+            continue
+        artifact = crud.artifact_for(version, entry.device.target)
+        if artifact is None:  # the artifact cannot vanish (versions are immutable), but be explicit
+            entry.state, entry.reason = "failed", f"no artifact for target {entry.device.target}"
+            continue
+        entry.update_id = _update_id(rollout.id, entry.device_id, version.version)
+        entry.state, entry.started_at = "updating", now
+        publications.append(
+            crud.set_desired(
+                session,
+                device=entry.device,
+                model=model_name,
+                artifact=artifact,
+                version=version.version,
+                update_id=entry.update_id,
+                public_url=public_url,
+                rollout_id=rollout.id,
+            )
+        )
+    _decide(
+        session,
+        rollout,
+        "wave_started",
+        f"wave {index + 1} of {len(rollout.wave_rows)} ({wave.percent:g}%): {wave.size} devices",
+        actor,
+        devices=[e.device.name for e in rollout.devices if e.wave == index],
+    )
+    return publications
+
+
+# --------------------------------------------------------------------------- gate values
+
+
+def _windows(
+    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice]
+) -> tuple[gates.Window, gates.Window]:
+    policy = schemas.GatePolicy.model_validate(rollout.policy)
+    before, after = gates.Window(), gates.Window()
+    to_version = rollout.version.version
+    model_name = rollout.version.model.name
+    for entry in entries:
+        if entry.started_at is None:
+            continue
+        base = select(m.TelemetryRecord).where(
+            m.TelemetryRecord.device_id == entry.device_id, m.TelemetryRecord.model_name == model_name
+        )
+        if entry.from_version is not None:
+            for row in session.scalars(
+                base.where(
+                    m.TelemetryRecord.model_version == entry.from_version,
+                    m.TelemetryRecord.received_at >= entry.started_at - policy.baseline_window_s,
+                    m.TelemetryRecord.received_at < entry.started_at,
+                )
+            ):
+                before.add(
+                    row.count, row.errors, row.latency_ms_p95, (row.drift or {}).get("confidence_hist")
+                )
+        if entry.state == "succeeded" and entry.finished_at is not None:
+            for row in session.scalars(
+                base.where(
+                    m.TelemetryRecord.model_version == to_version,
+                    m.TelemetryRecord.received_at >= entry.finished_at,
+                )
+            ):
+                after.add(row.count, row.errors, row.latency_ms_p95, (row.drift or {}).get("confidence_hist"))
+    return before, after
+
+
+def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
+    """Gate values over the devices of the started waves, with the figures they come from."""
+    policy = schemas.GatePolicy.model_validate(rollout.policy)
+    started = [e for e in rollout.devices if e.wave <= rollout.current_wave]
+    updated = [e for e in started if e.state in TOUCHED_STATES]
+    failed = [e for e in updated if e.state in FAILED_STATES]
+    before, after = _windows(session, rollout, updated)
+    values: dict[str, Any] = {
+        "failure_rate": len(failed) / len(updated) if updated else None,
+        **gates.telemetry_values(before, after, policy.min_inferences),
+    }
+    return {
+        **values,
+        "updated": len(updated),
+        "failed": len(failed),
+        "inferences_before": before.inferences,
+        "inferences_after": after.inferences,
+        "error_rate_before": before.error_rate,
+        "error_rate_after": after.error_rate,
+        "p95_ms_before": before.p95_ms,
+        "p95_ms_after": after.p95_ms,
+    }
+
+
+# --------------------------------------------------------------------------- reverting
+
+
+def _revert(
+    session: Session, rollout: m.Rollout, reason: str, command_key: Ed25519PrivateKey, public_url: str
+) -> list[Publication]:
+    """Order every device of the started waves back to its previous version; pending devices stay untouched."""
+    model = rollout.version.model
+    publications = []
+    for entry in rollout.devices:
+        if entry.wave > rollout.current_wave or entry.state == "pending":
+            continue
+        device = entry.device
+        previous = None
+        if entry.from_version is not None:
+            previous_version = next((v for v in model.versions if v.version == entry.from_version), None)
+            previous = crud.artifact_for(previous_version, device.target) if previous_version else None
+        if previous is None:
+            # Nothing to go back to: stop asking for the new version and leave the device as it is.
+            device.desired = None
+            publications.append(Publication(device.fleet, device.name, None))
+            entry.state, entry.reason = "reverted", "no previous version to return to; desired cleared"
+            continue
+        order = sign_rollback(
+            command_key, device=device.name, model=model.name, version=entry.from_version, reason=reason
+        )
+        entry.update_id = _update_id(rollout.id, entry.device_id, entry.from_version, kind="b")
+        entry.state, entry.reason = "reverting", reason
+        publications.append(
+            crud.set_desired(
+                session,
+                device=device,
+                model=model.name,
+                artifact=previous,
+                version=entry.from_version,
+                update_id=entry.update_id,
+                public_url=public_url,
+                rollout_id=rollout.id,
+                rollback=order,
+            )
+        )
+    return publications
+
+
+def _finish(rollout: m.Rollout, state: str, reason: str) -> None:
+    now = time.time()
+    rollout.state, rollout.reason, rollout.finished_at, rollout.updated_at = state, reason, now, now
+    for wave in rollout.wave_rows:
+        if wave.state == "running":
+            wave.state = "halted" if state in ("halted", "rolled_back") else state
+
+
+# --------------------------------------------------------------------------- operator actions
+
+
+def get_rollout(session: Session, *, rollout_id: int, lock: bool = False) -> m.Rollout:
+    query = select(m.Rollout).where(m.Rollout.id == rollout_id)
+    if lock:
+        query = query.with_for_update()
+    rollout = session.scalar(query)
+    if rollout is None:
+        raise NotFound(f"no rollout {rollout_id}")
+    return rollout
+
+
+def _switch(
+    session: Session, rollout_id: int, actor: str, reason: str | None, *, want: str, to: str, action: str
+) -> m.Rollout:
+    rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
+    if rollout.state != want:
+        raise Conflict(f"rollout {rollout_id} is {rollout.state}; only a {want} rollout can be {action}")
+    rollout.state, rollout.updated_at = to, time.time()
+    _decide(session, rollout, action, reason or f"{action} by operator", actor)
+    return rollout
+
+
+def pause(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
+    return _switch(session, rollout_id, actor, reason, want="running", to="paused", action="paused")
+
+
+def resume(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
+    return _switch(session, rollout_id, actor, reason, want="paused", to="running", action="resumed")
+
+
+def abort(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
+    rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
+    if rollout.state not in schemas.ACTIVE_ROLLOUT_STATES:
+        raise Conflict(f"rollout {rollout_id} is {rollout.state} already")
+    text = reason or "aborted by operator: no further waves; updated devices keep the new version"
+    _finish(rollout, "aborted", text)
+    _decide(session, rollout, "aborted", text, actor)
+    return rollout
+
+
+def rollback(
+    session: Session,
+    *,
+    rollout_id: int,
+    actor: str,
+    reason: str | None,
+    command_key: Ed25519PrivateKey,
+    public_url: str,
+) -> tuple[m.Rollout, list[Publication]]:
+    rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
+    if rollout.state == "rolled_back" or rollout.state == "halted":
+        raise Conflict(f"rollout {rollout_id} is {rollout.state}; its devices were ordered back already")
+    text = reason or "manual rollback by operator"
+    publications = _revert(session, rollout, text, command_key, public_url)
+    _finish(rollout, "rolled_back", text)
+    _decide(session, rollout, "rolled_back", text, actor, devices=len(publications))
+    return rollout, publications
+
+
+# --------------------------------------------------------------------------- the reconciler
+
+
+class Reconciler:
+    """Advances every running rollout; `tick` is one pass, `run` loops until stopped."""
+
+    actor = "reconciler"
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        command_key: Ed25519PrivateKey,
+        public_url: str,
+        publish: Callable[[list[Publication]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.factory, self.command_key, self.public_url = factory, command_key, public_url
+        self.publish, self.clock = publish, clock
+
+    def tick(self) -> None:
+        with self.factory() as session:
+            ids = list(
+                session.scalars(
+                    select(m.Rollout.id).where(m.Rollout.state == "running").order_by(m.Rollout.id)
+                )
+            )
+        for rollout_id in ids:
+            try:
+                self._step_one(rollout_id)
+            except Exception:  # one broken rollout must not stop the others
+                log.exception("rollout %s: reconcile failed", rollout_id)
+
+    def _step_one(self, rollout_id: int) -> None:
+        publications: list[Publication] = []
+        with self.factory() as session, session.begin():
+            rollout = session.scalar(
+                select(m.Rollout)
+                .where(m.Rollout.id == rollout_id, m.Rollout.state == "running")
+                .with_for_update(skip_locked=True)
+            )
+            if rollout is None:  # finished meanwhile, or another replica holds it
+                return
+            publications = self.step(session, rollout)
+        if publications:
+            self.publish(publications)
+
+    def step(self, session: Session, rollout: m.Rollout) -> list[Publication]:
+        now = self.clock()
+        policy = schemas.GatePolicy.model_validate(rollout.policy)
+        values = evaluate(session, rollout)
+        crossed = gates.crossed_gates(values, policy)
+        self._record_values(session, rollout, values, crossed, now)
+        if crossed:
+            thresholds = {
+                "failure_rate": policy.max_failure_rate,
+                "error_rate_increase": policy.max_error_rate_increase,
+                "p95_regression": policy.max_p95_regression,
+                "confidence_psi": policy.max_confidence_psi,
+            }
+            reason = "; ".join(f"{g} {values[g]:.4g} > {thresholds[g]:g}" for g in crossed)
+            publications = _revert(
+                session, rollout, f"health gate crossed: {reason}", self.command_key, self.public_url
+            )
+            _finish(rollout, "halted", f"health gate crossed: {reason}")
+            _decide(
+                session,
+                rollout,
+                "halted",
+                f"health gate crossed in wave {rollout.current_wave + 1}: {reason}",
+                self.actor,
+                values=values,
+                rolled_back=len(publications),
+            )
+            return publications
+        wave = rollout.wave_rows[rollout.current_wave]
+        entries = [e for e in rollout.devices if e.wave == wave.index]
+        succeeded = sum(e.state == "succeeded" for e in entries)
+        share = succeeded / len(entries) if entries else 1.0
+        enough_data = policy.min_inferences == 0 or values["inferences_after"] >= policy.min_inferences
+        if gates.meets(share, policy.success_threshold) and enough_data:
+            if wave.healthy_since is None:
+                wave.healthy_since = now
+                _decide(
+                    session,
+                    rollout,
+                    "wave_threshold_met",
+                    f"wave {wave.index + 1}: {succeeded}/{len(entries)} succeeded ({share:.0%} >= {policy.success_threshold:.0%}); "
+                    f"watching it for {policy.bake_s:g} s",
+                    self.actor,
+                    values=values,
+                )
+            if now - wave.healthy_since >= policy.bake_s:
+                wave.state, wave.completed_at = "completed", now
+                if wave.index + 1 >= len(rollout.wave_rows):
+                    _finish(
+                        rollout,
+                        "completed",
+                        "every wave met its success threshold with gates below their limits",
+                    )
+                    _decide(
+                        session,
+                        rollout,
+                        "completed",
+                        f"all {len(rollout.wave_rows)} waves completed",
+                        self.actor,
+                        values=values,
+                    )
+                    return []
+                _decide(
+                    session,
+                    rollout,
+                    "wave_completed",
+                    f"wave {wave.index + 1} healthy for {policy.bake_s:g} s",
+                    self.actor,
+                    values=values,
+                )
+                return _start_wave(session, rollout, wave.index + 1, self.actor, self.public_url)
+            return []
+        if wave.healthy_since is not None:  # it was met, and no longer is (a late failure)
+            wave.healthy_since = None
+            _decide(
+                session,
+                rollout,
+                "wave_threshold_lost",
+                f"wave {wave.index + 1}: {succeeded}/{len(entries)} succeeded",
+                self.actor,
+            )
+        if wave.started_at is not None and now - wave.started_at > policy.wave_timeout_s:
+            reason = (
+                f"wave {wave.index + 1} did not meet its success threshold in {policy.wave_timeout_s:g} s "
+                f"({succeeded}/{len(entries)} succeeded"
+                + (
+                    ""
+                    if enough_data
+                    else f", {values['inferences_after']} of {policy.min_inferences} inferences"
+                )
+                + ")"
+            )
+            publications = _revert(session, rollout, reason, self.command_key, self.public_url)
+            _finish(rollout, "halted", reason)
+            _decide(
+                session, rollout, "halted", reason, self.actor, values=values, rolled_back=len(publications)
+            )
+            return publications
+        return []
+
+    def _record_values(
+        self, session: Session, rollout: m.Rollout, values: dict[str, Any], crossed: list[str], now: float
+    ) -> None:
+        """Keep one evaluation per tick while they change, at least one a minute when they do not."""
+        last = session.scalar(
+            select(m.GateEvaluation)
+            .where(m.GateEvaluation.rollout_id == rollout.id)
+            .order_by(m.GateEvaluation.id.desc())
+            .limit(1)
+        )
+        if (
+            last is not None
+            and last.values == values
+            and last.wave == rollout.current_wave
+            and now - last.at < 60
+            and not crossed
+        ):
+            return
+        session.add(
+            m.GateEvaluation(
+                rollout_id=rollout.id, at=now, wave=rollout.current_wave, values=values, crossed=crossed
+            )
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> schemas.RolloutInfo:
+    counts: dict[str, int] = {}
+    for entry in rollout.devices:
+        counts[entry.state] = counts.get(entry.state, 0) + 1
+    last = session.scalar(
+        select(m.GateEvaluation)
+        .where(m.GateEvaluation.rollout_id == rollout.id)
+        .order_by(m.GateEvaluation.id.desc())
+        .limit(1)
+    )
+    rows = session.scalars(
+        select(m.RolloutDecision)
+        .where(m.RolloutDecision.rollout_id == rollout.id)
+        .order_by(m.RolloutDecision.id)
+        .limit(decisions)
+    )
+    waves = []
+    for wave in rollout.wave_rows:
+        entries = [e for e in rollout.devices if e.wave == wave.index]
+        waves.append(
+            schemas.WaveInfo(
+                index=wave.index,
+                percent=wave.percent,
+                size=wave.size,
+                state=wave.state,
+                started_at=wave.started_at,
+                healthy_since=wave.healthy_since,
+                completed_at=wave.completed_at,
+                succeeded=sum(e.state == "succeeded" for e in entries),
+                failed=sum(e.state in FAILED_STATES for e in entries),
+            )
+        )
+    return schemas.RolloutInfo(
+        id=rollout.id,
+        model=rollout.version.model.name,
+        version=rollout.version.version,
+        state=rollout.state,  # type: ignore[arg-type]
+        reason=rollout.reason,
+        selection=rollout.selection,
+        policy=schemas.GatePolicy.model_validate(rollout.policy),
+        current_wave=rollout.current_wave,
+        created_at=rollout.created_at,
+        created_by=rollout.created_by,
+        finished_at=rollout.finished_at,
+        devices=counts,
+        touched=sum(e.state != "pending" for e in rollout.devices),
+        total=len(rollout.devices),
+        waves=waves,
+        gates=last.values if last else None,
+        decisions=[schemas.DecisionInfo.model_validate(d, from_attributes=True) for d in rows],
+    )

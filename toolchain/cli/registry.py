@@ -1,0 +1,108 @@
+"""`edgectl registry serve|token|broker-files`: run the cloud registry and administer it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+
+registry_app = typer.Typer(help="Run and administer the cloud registry.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 8080,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Settings file (YAML/JSON); EDGECTL_REGISTRY_* variables win."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the registry: API, device API and dashboard (/ui). Migrates the database on start."""
+    import logging
+
+    from toolchain.errors import MissingDependencyError, UserInputError
+
+    try:
+        import uvicorn
+
+        from cloud_registry.core.config import CONFIG_FILE_ENV, Settings
+        from cloud_registry.main import create_app
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "fastapi", "registry", "the registry") from None
+    if config is not None:
+        if not config.is_file():
+            raise UserInputError(
+                f"settings file {config} does not exist", hint="pass a YAML or JSON file of settings"
+            )
+        os.environ[CONFIG_FILE_ENV] = str(config)
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UserInputError(
+            f"--log-level {log_level!r} is not one of debug, info, warning, error",
+            hint="e.g. --log-level info",
+        )
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        raise UserInputError(
+            f"registry settings are invalid: {' '.join(first[:3])}",
+            hint="see docs/registry.md for every setting",
+        ) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=log_level, access_log=log_level == "debug"
+    )
+
+
+@registry_app.command("token")
+def token_command(
+    name: Annotated[str, typer.Argument(help="A name for the token (who or what uses it).")],
+    role: Annotated[str, typer.Option("--role", help="read-only, deployer or admin.")] = "deployer",
+    registry: RegistryUrl = DEFAULT_URL,
+    token: RegistryToken = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create an API token (needs an admin token); it is shown once."""
+    from toolchain.cli.output import console, emit_json
+    from toolchain.errors import UserInputError
+
+    if role not in ("read-only", "deployer", "admin"):
+        raise UserInputError(
+            f"--role {role!r} is not one of read-only, deployer, admin", hint="e.g. --role deployer"
+        )
+    with registry_client(registry, token) as client:
+        created = client.create_token(name, role)
+    if as_json:
+        emit_json("token", created)
+    else:
+        console.print(f"{created['role']} token {created['name']} (shown once): {created['token']}")
+
+
+@registry_app.command("broker-files")
+def broker_files_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for mosquitto.passwd and mosquitto.acl.")],
+    registry: RegistryUrl = DEFAULT_URL,
+    token: RegistryToken = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write Mosquitto's password file ($7$ PBKDF2-SHA512 hashes) and ACL for the enrolled fleet."""
+    from cloud_registry.mosquitto import write_files
+    from toolchain.cli.output import console, emit_json
+
+    with registry_client(registry, token) as client:
+        passwd, acl = client.broker_file("mosquitto.passwd"), client.broker_file("mosquitto.acl")
+    passwd_path, acl_path = write_files(out, passwd, acl)
+    if as_json:
+        emit_json("broker-files", {"password_file": str(passwd_path), "acl_file": str(acl_path)})
+    else:
+        console.print(f"wrote {passwd_path} and {acl_path}; reload the broker (SIGHUP) to apply them")
