@@ -102,7 +102,15 @@ def bench_yolo(work: Path, key: Path, runs: int) -> list[dict]:
     data_yaml = make_shapes_detection_dataset(work / "shapes")
     checkpoint = train_tiny_yolo(data_yaml, work / "yolo")
     rows = []
-    for target, precision in (("cpu", "fp32"), ("cpu", "int8"), ("rpi5", "fp32"), ("rpi5", "int8")):
+    plans = (
+        ("cpu", "fp32"),
+        ("cpu", "int8"),
+        ("rpi5", "fp32"),
+        ("rpi5", "int8"),
+        ("jetson-nano", "fp16"),
+        ("jetson-orin-nano", "int8"),  # the Q/DQ model TensorRT builds from, validated in ONNX Runtime
+    )
+    for target, precision in plans:
         start = time.perf_counter()
         (result,) = build(
             BuildRequest(
