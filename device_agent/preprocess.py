@@ -198,7 +198,7 @@ def conform(array: np.ndarray, info: TensorInfo) -> np.ndarray:
     """The array with a batch axis and in the input's dtype, or InferenceInputError saying what is wrong."""
     import numpy as np
 
-    if array.shape == info.shape and array.dtype.name == info.dtype:  # the common case, checked cheaply
+    if array.shape == info.shape and array.dtype == info.dtype:  # the common case, checked cheaply (in C)
         return array
     if array.ndim == len(info.shape) - 1:
         array = array[None]
