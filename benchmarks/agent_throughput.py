@@ -2,7 +2,7 @@
 the agent process's resident memory.
 
 Paths compared, on the same signed bundle, input tensor, runtime and thread count:
-- bare loop: `InferenceSession.run` on one preprocessed tensor, nothing else;
+- bare loop: `InferenceSession.run` of the agent's own session on one preprocessed tensor, nothing else;
 - agent, tensor in: `Pipeline.infer_tensors`, what POST /v1/infer runs for a .npy body and the input loop
   for .npy files: input checks, the runtime, inference counters, the best label (top-1, the default; top-5
   measured too), drift statistics;
@@ -136,7 +136,6 @@ def paired_cpu(steps: list, calls: int) -> list[float]:
 
 
 def in_process(folder: Path, threads: int, calls: int, rounds: int) -> dict:
-    import onnxruntime as ort
 
     from device_agent.config import TelemetryConfig
     from device_agent.metrics import InferenceMetrics
@@ -154,9 +153,9 @@ def in_process(folder: Path, threads: int, calls: int, rounds: int) -> dict:
         drift=defaults.drift,
         drift_per_s=defaults.drift_samples_per_s,
     )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    bare = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    # The bare loop calls the agent's own ONNX Runtime session: the same weights in the same memory, so
+    # the difference is the agent's work alone (two sessions of one model differ by ~1% by placement).
+    bare = pipeline.session._session
     image = jpeg()
     tensor = pipeline._image(image)[0]  # exactly the tensor the agent feeds for this image
     feed = {"images": tensor}
