@@ -47,7 +47,8 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """The answer's JSON (or text; the bytes with `raw`); RegistryError for anything but success."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -72,6 +73,8 @@ class RegistryClient:
                     status=response.status_code,
                 )
             raise RegistryError(message, hint=_HINTS.get(response.status_code), status=response.status_code)
+        if raw:
+            return response.content
         if response.status_code == 204 or not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):
@@ -131,3 +134,62 @@ class RegistryClient:
 
     def broker_file(self, name: str) -> str:
         return self.request("GET", f"/api/v1/broker/{name}")
+
+    # the retraining loop
+
+    def sampling(self, group: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/groups/{group}/sampling")
+
+    def set_sampling(self, group: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"/api/v1/groups/{group}/sampling", json=settings)
+
+    def samples(self, model: str, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", f"/api/v1/models/{model}/samples", params=params)
+
+    def sample_input(self, sample_id: str) -> bytes:
+        return self.request("GET", f"/api/v1/samples/{sample_id}/input", raw=True)
+
+    def upload_labels(self, model: str, labels: list[dict[str, Any]], source: str | None) -> dict[str, Any]:
+        return self.request(
+            "POST", f"/api/v1/models/{model}/labels", json={"labels": labels, "source": source}
+        )
+
+    def upload_source(self, model: str, version: int, path: Path) -> dict[str, Any]:
+        with open(path, "rb") as handle:
+            return self.request(
+                "PUT",
+                f"/api/v1/models/{model}/versions/{version}/source",
+                content=handle,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+
+    def policy(self, model: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/models/{model}/retraining-policy")
+
+    def set_policy(self, model: str, policy: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"/api/v1/models/{model}/retraining-policy", json=policy)
+
+    def delete_policy(self, model: str) -> None:
+        self.request("DELETE", f"/api/v1/models/{model}/retraining-policy")
+
+    def retrain(self, model: str, parent_version: int | None, reason: str | None) -> dict[str, Any]:
+        body = {"parent_version": parent_version, "reason": reason}
+        return self.request("POST", f"/api/v1/models/{model}/retrain", json=body)
+
+    def jobs(self, model: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("model", model), ("state", state)) if v}
+        return self.request("GET", "/api/v1/jobs", params=params)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/jobs/{job_id}")
+
+    def job_log(self, job_id: int) -> str:
+        return self.request("GET", f"/api/v1/jobs/{job_id}/log") or ""
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+    def drift(self, model: str, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", f"/api/v1/models/{model}/drift", params=params)

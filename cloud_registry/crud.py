@@ -567,8 +567,10 @@ def telemetry_row(device_id: int, message: Telemetry, received_at: float) -> dic
     }
 
 
-def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
-    """INSERT rows, skipping those whose msg_id exists (QoS 1 redelivery, agent resends); count inserted."""
+def insert_ignoring_conflicts(
+    session: Session, table: Any, rows: list[dict[str, Any]], columns: list[str]
+) -> int:
+    """INSERT rows, skipping those that collide on the unique `columns`; count inserted."""
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
@@ -576,8 +578,15 @@ def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).on_conflict_do_nothing(index_elements=["msg_id"]).returning(table.msg_id)
+    statement = (
+        insert(table).on_conflict_do_nothing(index_elements=columns).returning(getattr(table, columns[0]))
+    )
     return len(session.scalars(statement, rows).all())
+
+
+def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
+    """INSERT rows, skipping those whose msg_id exists (QoS 1 redelivery, agent resends); count inserted."""
+    return insert_ignoring_conflicts(session, table, rows, ["msg_id"])
 
 
 def record_telemetry(session: Session, *, items: list[tuple[m.Device, Telemetry]]) -> int:

@@ -289,3 +289,141 @@ class GateEvaluation(Base):
     wave: Mapped[int] = mapped_column(Integer)
     values: Mapped[dict[str, Any]] = mapped_column()
     crossed: Mapped[list[Any]] = mapped_column(default=list)
+
+
+# --------------------------------------------------------------------------- the retraining loop
+
+
+class DeviceGroup(Base):
+    """Settings the registry keeps per device group: for now the sample-upload switch and its caps."""
+
+    __tablename__ = "device_groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    sample_upload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class Sample(Base):
+    """One input a device uploaded (stored in the artifact store by sha256), its prediction and its label."""
+
+    __tablename__ = "samples"
+    __table_args__ = (
+        Index("ix_samples_model_label", "model_id", "labeled_at"),
+        Index("ix_samples_device_time", "device_id", "received_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(32), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_version: Mapped[int] = mapped_column(Integer)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    device_group: Mapped[str] = mapped_column(String(64), default="")
+    received_at: Mapped[float] = mapped_column(Float)
+    captured_at: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    predicted_class: Mapped[int] = mapped_column(Integer)
+    predicted_label: Mapped[str | None] = mapped_column(String(128), default=None)
+    layout: Mapped[str | None] = mapped_column(String(4), default=None)
+    shape: Mapped[list[Any]] = mapped_column()
+    input_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    label: Mapped[int | None] = mapped_column(Integer, default=None)
+    labeled_at: Mapped[float | None] = mapped_column(Float, default=None)
+    label_source: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class DatasetSnapshot(Base):
+    """A version of a model's labeled feedback data: train and held-out .npz files in the artifact store."""
+
+    __tablename__ = "dataset_snapshots"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    groups: Mapped[list[Any]] = mapped_column(default=list)
+    holdout_fraction: Mapped[float] = mapped_column(Float)
+    last_sample_row: Mapped[int] = mapped_column(Integer, doc="The newest samples.id it includes.")
+    train_samples: Mapped[int] = mapped_column(Integer)
+    holdout_samples: Mapped[int] = mapped_column(Integer)
+    train_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    holdout_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+
+
+class RetrainingPolicyRecord(Base):
+    """A model's retraining policy (cloud_registry.retraining_schemas.RetrainingPolicy), revised in place."""
+
+    __tablename__ = "retraining_policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), unique=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    policy: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class DriftScore(Base):
+    """A model version's pooled drift in one device group against its build-time reference, at one tick."""
+
+    __tablename__ = "drift_scores"
+    __table_args__ = (
+        UniqueConstraint("model_id", "model_version", "device_group", "bucket"),
+        Index("ix_drift_model_time", "model_id", "at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_version: Mapped[int] = mapped_column(Integer)
+    device_group: Mapped[str] = mapped_column(String(64))
+    bucket: Mapped[int] = mapped_column(
+        BigInteger, doc="at // drift_interval_s: one row per tick, any replica."
+    )
+    at: Mapped[float] = mapped_column(Float)
+    window_s: Mapped[float] = mapped_column(Float)
+    devices: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(Integer)
+    psi_confidence: Mapped[float] = mapped_column(Float)
+    psi_class: Mapped[float] = mapped_column(Float)
+    mean_shift_z: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    summary: Mapped[dict[str, Any]] = mapped_column()
+
+
+class RetrainingJob(Base):
+    """One retraining: trigger, inputs, attempts, outcome. Claimed by one registry at a time (lease)."""
+
+    __tablename__ = "retraining_jobs"
+    __table_args__ = (
+        UniqueConstraint("model_id", "trigger_key"),
+        UniqueConstraint("model_id", "new_version"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(32))
+    trigger_key: Mapped[str] = mapped_column(String(128), doc="One job per trigger event, whoever sees it.")
+    trigger_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    policy_revision: Mapped[int] = mapped_column(Integer)
+    policy: Mapped[dict[str, Any]] = mapped_column()
+    parent_version: Mapped[int] = mapped_column(Integer)
+    new_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    phase: Mapped[str | None] = mapped_column(String(32), default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    runner: Mapped[str | None] = mapped_column(String(16), default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_snapshots.id"), default=None)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    log: Mapped[str | None] = mapped_column(Text, default=None)
+    rollout_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="SET NULL"), default=None
+    )
+    snapshot: Mapped[DatasetSnapshot | None] = relationship()
+    model: Mapped[Model] = relationship()

@@ -14,6 +14,7 @@ from edgewire.topics import ID_RE
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = r"^[a-z][a-z0-9_-]{0,63}$"
 TAG_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+GROUP_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Role = Literal["read-only", "deployer", "admin"]
 RolloutState = Literal["running", "paused", "completed", "halted", "aborted", "rolled_back"]
 ACTIVE_ROLLOUT_STATES = ("running", "paused")

@@ -1,8 +1,9 @@
-"""The running registry: settings, database, store, keys, MQTT link, ingest writer and reconciler.
+"""The running registry: settings, database, store, keys, MQTT link, ingest writer, reconciler and the
+retraining loop.
 
 `Registry.start()` migrates the database, makes sure the bootstrap token and
 the command key exist, connects to MQTT (when configured) and starts the
-reconciler thread; the FastAPI app (cloud_registry.main) holds one Registry.
+reconciler and retraining threads; the FastAPI app (cloud_registry.main) holds one Registry.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cloud_registry import crud, db, mosquitto
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Publication
 from cloud_registry.ingest import Incoming, IngestWriter
+from cloud_registry.jobs.manager import JobManager
 from cloud_registry.rollouts import Reconciler
 from cloud_registry.storage import ArtifactStore, make_store
 from edgebundle.signing import key_id, load_private_key, load_public_key
@@ -66,8 +68,16 @@ class Registry:
         self.reconciler = Reconciler(
             self.factory, command_key=self.command_key, public_url=settings.public_url, publish=self.publish
         )
+        self.jobs = JobManager(
+            self.factory,
+            settings=settings,
+            store=self.store,
+            trusted_keys=self.trusted_keys,
+            publish=self.publish,
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._retrain_thread: threading.Thread | None = None
         self._files_lock = threading.Lock()
 
     # lifecycle
@@ -92,11 +102,17 @@ class Registry:
             self.link.start()
         self._thread = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         self._thread.start()
+        self.jobs.start()
+        self._retrain_thread = threading.Thread(target=self._retrain_loop, name="retraining", daemon=True)
+        self._retrain_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._retrain_thread is not None:
+            self._retrain_thread.join(30)
+            self.jobs.close()
         if self.link is not None:
             self.link.stop()
         if self.ingest is not None:
@@ -109,6 +125,10 @@ class Registry:
                 self.reconciler.tick()
             except Exception:
                 log.exception("reconciler tick failed")
+
+    def _retrain_loop(self) -> None:
+        while not self._stop.wait(self.settings.retrain_interval_s):
+            self.jobs.tick()
 
     # MQTT
 

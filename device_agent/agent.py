@@ -29,6 +29,7 @@ from device_agent.outbox import Outbox
 from device_agent.pipeline import Pipeline
 from device_agent.registry_client import RegistryClient, RegistryError
 from device_agent.runtimes import SessionOptions
+from device_agent.samples import SampleUploader
 from device_agent.state import AgentState, Slot, SlotInfo, StateStore, UpdateRecord
 from device_agent.update import AgentPaths, Updater
 from edgebundle import BundleError, verify_bundle
@@ -96,6 +97,9 @@ class Agent:
         self.outbox: Outbox | None = None
         self.updater: Updater | None = None
         self._probe = None
+        self.samples = SampleUploader(
+            fleet=self.identity.fleet, device=self.identity.device, allowed=config.telemetry.sample_upload
+        )
 
     # ------------------------------------------------------------------ opening
 
@@ -176,6 +180,7 @@ class Agent:
         )
 
     def _serve(self, pipeline: Pipeline | None) -> None:
+        self.samples.attach(pipeline)
         self.pipeline = pipeline
         if pipeline is not None:
             ref = pipeline.model_ref
@@ -292,6 +297,9 @@ class Agent:
                     desired = self.registry.desired()
                     if desired is not None:
                         self.updater.offer(desired)
+                    self.samples.configure(self.registry.device_config().samples, self.pipeline)
+                if self.samples.due(time.time()):
+                    self.samples.upload(self.registry.post_samples)
                 self._post_fallback(settings.http_fallback_after_s)
                 last_problem = None
             except RegistryError as exc:

@@ -98,6 +98,11 @@ class TelemetryConfig(_Config):
         default=20.0, gt=0, description="Inferences per second summarized for drift at most; null: every one."
     )
     system: bool = True
+    sample_upload: bool = Field(
+        default=True,
+        description="Let the registry switch sample upload on for this device's group; false: never, whatever "
+        "the registry says.",
+    )
 
 
 class HttpConfig(_Config):

@@ -30,6 +30,8 @@ from edgewire import DriftSummary, ModelRef
 if TYPE_CHECKING:
     import numpy as np
 
+    from device_agent.samples import SampleCollector
+
 
 # The best class by default; more on request (`?top_k=5`): each costs a little after every inference.
 DEFAULT_TOP_K = 1
@@ -111,6 +113,7 @@ class Pipeline:
             self._drift = DriftAccumulator(self.task, len(self.labels), self._drift_layout)
         self._quantized_outputs = any(info.quantization is not None for info in self.session.outputs)
         self._logits: bool | None = None
+        self.sampler: SampleCollector | None = None  # device_agent.samples; None: no sample upload
         self.model_ref = ModelRef(
             name=manifest.name, version=manifest.version, slot=slot, target=manifest.target
         )
@@ -179,6 +182,8 @@ class Pipeline:
         except Exception as exc:
             self.metrics.error()
             raise InferenceFailed(f"postprocessing failed: {str(exc)[:300]}") from exc
+        if self.sampler is not None:
+            self.sampler.offer(result, float_input, inputs[0])
         return result
 
     def take_drift(self) -> DriftSummary | None:

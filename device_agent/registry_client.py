@@ -15,7 +15,16 @@ from urllib.parse import urljoin, urlsplit
 from pydantic import SecretStr, ValidationError
 
 from device_agent.errors import AgentError
-from edgewire import DesiredModel, DesiredResponse, EnrollRequest, EnrollResponse, Paths
+from edgewire import (
+    DesiredModel,
+    DesiredResponse,
+    DeviceConfig,
+    EnrollRequest,
+    EnrollResponse,
+    Paths,
+    SampleUpload,
+    SampleUploadResult,
+)
 
 log = logging.getLogger(__name__)
 JSON = {"Content-Type": "application/json"}
@@ -83,6 +92,33 @@ class RegistryClient:
             return DesiredResponse.model_validate_json(response.content).desired
         except ValidationError as exc:
             raise RegistryError(f"GET {Paths.desired}: unexpected body: {str(exc).splitlines()[0]}") from None
+
+    def device_config(self) -> DeviceConfig:
+        """The registry's settings for this device; defaults (sample upload off) from a registry without them."""
+        response = self._request("GET", Paths.config)
+        if response.status_code == 404:
+            return DeviceConfig()
+        if response.status_code != 200:
+            raise RegistryError(f"GET {Paths.config} answered {response.status_code}")
+        try:
+            return DeviceConfig.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise RegistryError(f"GET {Paths.config}: unexpected body: {str(exc).splitlines()[0]}") from None
+
+    def post_samples(self, upload: SampleUpload) -> tuple[int, SampleUploadResult | None]:
+        """(status, the registry's answer when it took the upload); (0, None) when it cannot be reached."""
+        try:
+            response = self._request("POST", Paths.samples, content=upload.model_dump_json().encode())
+        except RegistryError as exc:
+            log.warning("sample upload: %s", exc)
+            return 0, None
+        if response.status_code != 200:
+            log.warning("POST %s answered %d", Paths.samples, response.status_code)
+            return response.status_code, None
+        try:
+            return 200, SampleUploadResult.model_validate_json(response.content)
+        except ValidationError:
+            return 502, None
 
     def post(self, path: str, payload: bytes) -> bool:
         """POST a queued payload (update status, telemetry); True when the registry took it."""

@@ -97,12 +97,48 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=2.0, gt=0)
     presence_timeout_s: float = Field(default=180.0, gt=0)
 
+    # The retraining loop (docs/retraining.md).
+    drift_interval_s: float = Field(default=60.0, gt=0, description="How often fleet drift is scored.")
+    drift_window_s: float = Field(default=900.0, gt=0, description="Telemetry pooled into one drift score.")
+    retrain_interval_s: float = Field(
+        default=5.0, gt=0, description="How often triggers are evaluated and jobs claimed and collected."
+    )
+    jobs_runner: Literal["local", "ray"] = Field(default="local", description="Local processes, or Ray.")
+    jobs_max_workers: int = Field(default=1, ge=1, le=1024, description="Jobs run at once by this replica.")
+    jobs_dir: Path | None = Field(
+        default=None, description="Job work folders; empty: <data_dir>/jobs. Ray workers must reach it."
+    )
+    jobs_lease_s: float = Field(
+        default=60.0, gt=0, description="A running job whose replica stops renewing this long is run again."
+    )
+    jobs_sign_key: Path | None = Field(
+        default=None,
+        description="PEM Ed25519 private key that signs the bundles jobs build (its .pub trusted).",
+    )
+    edgectl_command: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="How jobs run the toolchain's CLI; empty: `edgectl` on PATH, else this Python's "
+        "`-m toolchain.cli.main`.",
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster for jobs_runner ray (host:port, ray://..., auto)."
+    )
+
     @field_validator("fleet")
     @classmethod
     def _fleet(cls, value: str) -> str:
         from edgewire.topics import check_id
 
         return check_id(value, "fleet id")
+
+    @field_validator("edgectl_command", mode="before")
+    @classmethod
+    def _argv(cls, value: Any) -> Any:
+        if isinstance(value, str):  # EDGECTL_REGISTRY_EDGECTL_COMMAND="python -m toolchain.cli.main"
+            import shlex
+
+            return shlex.split(value)
+        return value
 
     @field_validator("trusted_keys", mode="before")
     @classmethod
@@ -136,3 +172,7 @@ class Settings(BaseSettings):
     @property
     def command_key_path(self) -> Path:
         return self.command_key or self.data_dir / "command.key"
+
+    @property
+    def jobs_path(self) -> Path:
+        return (self.jobs_dir or self.data_dir / "jobs").resolve()

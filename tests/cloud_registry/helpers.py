@@ -45,6 +45,7 @@ def make_bundle(
     parent: int | None = None,
     top1: float = 0.95,
     p95_ms: float = 1.5,
+    drift_reference: DriftSummary | None = None,
 ) -> Path:
     """A signed .edgebundle archive whose artifact is `payload` (any bytes: the registry never runs it)."""
     staging = out / f"staging-{name}-{version}-{target}-{time.monotonic_ns()}"
@@ -93,6 +94,7 @@ def make_bundle(
             host="test",
         ),
         lineage=Lineage(parent_version=parent, training_data="s3://data/digits@v1", trigger="manual"),
+        drift_reference=drift_reference,
     )
     location = write_bundle(staging, manifest, key, out, bundle_name_for(name, version, target))
     return location.archive

@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright): sign-in, fleet,
-model, rollout and device pages with their server-drawn SVG charts, and no request leaving the registry.
+model (with drift history and retraining jobs), job, rollout and device pages with their server-drawn SVG
+charts, and no request leaving the registry.
 Screenshots go to build/test-artifacts/dashboard/ (or $EDGECTL_TEST_ARTIFACTS/dashboard/)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgebundle.manifest import DriftSummary
 from tests.cloud_registry.conftest import ADMIN_TOKEN
 from tests.cloud_registry.helpers import make_bundle, telemetry, update_status
 
@@ -42,7 +44,15 @@ def _populate(live, signing, tmp_path) -> int:
     http = httpx.Client(base_url=live.url, headers=admin)
     for version, top1, p95 in ((1, 0.95, 1.5), (2, 0.96, 1.2)):
         for target in ("cpu", "rpi5"):
-            archive = make_bundle(tmp_path, signing[0], version=version, target=target, top1=top1, p95_ms=p95)
+            archive = make_bundle(
+                tmp_path,
+                signing[0],
+                version=version,
+                target=target,
+                top1=top1,
+                p95_ms=p95,
+                drift_reference=REFERENCE,
+            )
             assert http.post("/api/v1/bundles", content=archive.read_bytes()).status_code == 201
     http.put("/api/v1/models/digits/aliases/production", json={"version": 1})
     tokens = {}
@@ -108,7 +118,68 @@ def _populate(live, signing, tmp_path) -> int:
     for p95 in (11.0, 12.0, 16.0, 20.0):  # the p95 regression climbs past its 25 % gate on the last
         send(first[0], telemetry, version=2, p95=p95, confidence=[0] * 7 + [10, 30, 60])
         reconciler.tick()
+    _retraining_history(live)
     return rollout["id"]
+
+
+# The devices above are less sure than the build was on its validation data (10/30/60 against 1/9/90 %).
+REFERENCE = DriftSummary(samples=500, confidence_hist=[0] * 7 + [5, 45, 450], class_hist=[50] * 10)
+
+
+def _retraining_history(live) -> None:  # type: ignore[no-untyped-def]
+    """Drift scored from the telemetry above (the devices drift: less confident than the reference), a policy,
+    and two finished jobs as the retraining loop records them (tests/retraining runs real ones)."""
+    import time
+
+    from cloud_registry import db, retraining
+    from cloud_registry import models as m
+    from cloud_registry import retraining_schemas as rs
+
+    registry = live.registry
+    for tick in range(3):  # three scoring ticks over the same telemetry
+        registry.jobs.score_drift(time.time() + tick * registry.settings.drift_interval_s, force=True)
+    policy = rs.RetrainingPolicy(
+        entry_point=rs.EntryPoint(callable="toolchain.finetune_digits:finetune"),
+        triggers=rs.Triggers(drift=rs.DriftTrigger(threshold=0.25, sustained_s=600)),
+    )
+    with db.transaction(registry.factory) as session:
+        record = retraining.set_policy(session, model_name="digits", policy=policy, actor="admin")
+        model = session.get(m.Model, record.model_id)
+        for key, state, parent, candidate in (
+            ("drift:a", "rejected", 91.0, 62.5),
+            ("drift:b", "succeeded", 48.6, 92.9),
+        ):
+            job = retraining.create_job(
+                session,
+                model=model,
+                record=record,
+                trigger="drift",
+                key=key,
+                details={"group": "lab", "value": 0.61},
+                parent_version=1,
+                actor="retraining",
+            )
+            job.state, job.attempt, job.runner, job.new_version = (
+                state,
+                1,
+                "local",
+                3 if state == "rejected" else 4,
+            )
+            job.evaluation = {
+                "cpu": {"metric": "top1", "samples": 70, "parent": parent, "candidate": candidate}
+            }
+            job.outcome = {
+                "ok": True,
+                "metrics": {"epochs": 5},
+                "seconds": {"training": 8.1, "building": 6.0},
+            }
+            job.reason = (
+                "rejected: worse than its parent"
+                if state == "rejected"
+                else "accepted: as good as its parent"
+            )
+            job.log = f"job {job.id}: fine-tuning v1 on 180 new samples\noutcome: ok\n"
+            job.started_at = job.finished_at = time.time()
 
 
 def test_dashboard_pages_in_headless_chromium(live, signing, tmp_path):
@@ -158,7 +229,21 @@ def test_dashboard_pages_in_headless_chromium(live, signing, tmp_path):
             versions = page.inner_text("#versions")
             assert "top1" in versions and "0.96" in versions and "production" in versions
             assert page.locator("svg.chart rect").count() >= 8  # 4 artifacts x 2 charts
+            drift = page.inner_text("#drift")
+            assert "v1 lab" in drift and "v2 lab" in drift  # per version and device group
+            charts = page.locator("#drift-charts svg.chart")
+            assert charts.count() == 2 and charts.nth(0).locator("polyline").count() == 3  # score, PSI x2
+            assert charts.nth(0).locator("line[stroke-dasharray]").count() == 1  # the policy's threshold
+            assert "revision 1" in page.inner_text("#policy")
+            jobs = page.inner_text("#jobs")
+            assert "rejected" in jobs and "succeeded" in jobs and "91 → 62.5" in jobs
             page.screenshot(path=str(out / "model.png"), full_page=True)
+
+            page.click("#jobs a >> text=#1")
+            page.wait_for_url(f"{live.url}/ui/jobs/1")
+            assert page.inner_text("#job-state") == "rejected"
+            assert "62.5" in page.inner_text("#evaluation") and "fine-tuning v1" in page.inner_text("#log")
+            page.screenshot(path=str(out / "job.png"), full_page=True)
 
             page.goto(f"{live.url}/ui/rollouts/{rollout_id}")
             assert page.inner_text("#rollout-state") == "halted"
@@ -184,6 +269,6 @@ def test_dashboard_pages_in_headless_chromium(live, signing, tmp_path):
         finally:
             context.close()
     assert foreign == []  # no CDN, no external script, font or image
-    for name in ("fleet", "model", "rollout", "device"):
+    for name in ("fleet", "model", "rollout", "device", "job"):
         assert (out / f"{name}.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)

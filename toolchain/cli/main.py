@@ -9,7 +9,19 @@ import sys
 
 import typer
 
-from toolchain.cli import build, bundles, demo, devices, export, fleet, keys, registry, rollout, targets
+from toolchain.cli import (
+    build,
+    bundles,
+    demo,
+    devices,
+    export,
+    fleet,
+    keys,
+    registry,
+    retrain,
+    rollout,
+    targets,
+)
 
 app = typer.Typer(
     name="edgectl",
@@ -29,6 +41,7 @@ fleet.register(app)
 rollout.register(app)
 devices.register(app)
 registry.register(app)
+retrain.register(app)
 
 
 def _print_error(message: str, hint: str | None) -> None:

@@ -10,17 +10,30 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from cloud_registry import crud
+from cloud_registry import crud, samples
 from cloud_registry import models as m
 from cloud_registry.api.deps import CurrentDevice, RegistryDep, SessionDep
+from cloud_registry.api.uploads import received
 from cloud_registry.ingest import apply_messages, fits_columns
 from cloud_registry.service import public_pem
-from edgewire.device_api import DesiredResponse, EnrollRequest, EnrollResponse, MqttSettings, Paths
+from edgewire.device_api import (
+    MAX_SAMPLE_REQUEST_BYTES,
+    DesiredResponse,
+    DeviceConfig,
+    EnrollRequest,
+    EnrollResponse,
+    MqttSettings,
+    Paths,
+    SampleUpload,
+    SampleUploadResult,
+)
 from edgewire.messages import DesiredModel, Telemetry, UpdateStatus
 
 router = APIRouter(tags=["device API"])
@@ -87,6 +100,47 @@ def report_update(body: UpdateStatus, device: CurrentDevice, session: SessionDep
 @router.post(Paths.telemetry, status_code=204, summary="Telemetry (fallback when MQTT is down)")
 def report_telemetry(body: Telemetry, device: CurrentDevice, session: SessionDep) -> Response:
     return _report(body, device, session)
+
+
+@router.get(Paths.config, summary="This device's settings: sample upload for its group (off by default)")
+def device_config(device: CurrentDevice, session: SessionDep) -> DeviceConfig:
+    return DeviceConfig(samples=samples.group_settings(session, device.group))
+
+
+@router.post(
+    Paths.samples,
+    summary="Upload inputs the model was least sure about (only where switched on for the device's group)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": SampleUpload.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+    responses={403: {"description": "Sample upload is off for the group"}, 413: {}, 422: {}},
+)
+async def upload_samples(
+    request: Request, device: CurrentDevice, session: SessionDep, registry: RegistryDep
+) -> SampleUploadResult:
+    async with received(request, MAX_SAMPLE_REQUEST_BYTES, what="SampleUpload JSON") as body:
+        try:
+            upload = SampleUpload.model_validate_json(body.path.read_bytes())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid {where}: {first['msg']}"
+            ) from None
+    if (upload.fleet, upload.device) != (device.fleet, device.name):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "a device may upload only its own samples")
+    result = await run_in_threadpool(
+        samples.record_samples, session, registry.store, device=device, upload=upload
+    )
+    session.commit()
+    return result
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from cloud_registry import crud, schemas
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
+from cloud_registry.api.uploads import BINARY_BODY, received
 from cloud_registry.service import Registry
-from edgebundle import read_manifest, verify_bundle
+from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
 
 router = APIRouter(tags=["models"])
@@ -28,23 +26,9 @@ UNPACK_FACTOR = 4  # an archive may unpack to this many times its upload limit
 def _verify_and_store(
     registry: Registry, archive: Path, sha256: str, size: int, uploader: str
 ) -> schemas.PushResult:
-    if not registry.trusted_keys:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "this registry trusts no signing key yet; set EDGECTL_REGISTRY_TRUSTED_KEYS to the .pub files",
-        )
-    claimed = read_manifest(archive).key_id
-    key = registry.trusted_keys.get(claimed or "")
-    if key is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"the bundle is signed by key {claimed}, which this registry does not trust",
-        )
-    manifest = verify_bundle(archive, key, max_bytes=registry.settings.max_upload_bytes * UNPACK_FACTOR)
-    if manifest.version > schemas.INT32_MAX:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"version {manifest.version} is out of range"
-        )
+    manifest = verify_trusted(
+        archive, registry.trusted_keys, registry.settings.max_upload_bytes * UNPACK_FACTOR
+    )
     stored = registry.store.put(sha256, archive)
     with registry.factory() as session, session.begin():
         _artifact, created = crud.register_artifact(
@@ -68,47 +52,22 @@ def _verify_and_store(
     description="The body is the archive's bytes. The signature must verify with a trusted key and every "
     "file must match its hash; the archive is stored by sha256. Pushing the same bundle again is a no-op "
     "(created false).",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        }
-    },
+    openapi_extra=BINARY_BODY,
     responses={
         413: {"description": "Larger than the upload limit"},
         422: {"description": "Not a valid bundle"},
     },
 )
 async def upload_bundle(request: Request, registry: RegistryDep, principal: Deployer) -> schemas.PushResult:
-    limit = registry.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"uploads are limited to {limit} bytes")
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".edgebundle")
-    path = Path(name)
-    try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(
-                        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"uploads are limited to {limit} bytes"
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "empty upload: send the .edgebundle bytes"
-            )
+    async with received(
+        request, registry.settings.max_upload_bytes, what=".edgebundle", suffix=".edgebundle"
+    ) as body:
         try:
             return await run_in_threadpool(
-                _verify_and_store, registry, path, digest.hexdigest(), size, principal.name
+                _verify_and_store, registry, body.path, body.sha256, body.size, principal.name
             )
         except BundleError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bundle refused: {exc}") from None
-    finally:
-        path.unlink(missing_ok=True)
 
 
 @router.get("/models", summary="List models")

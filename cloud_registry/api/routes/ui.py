@@ -115,7 +115,53 @@ def model_page(
         aliases=crud.alias_map(model),
         metric_chart=svg.bar_chart("Validation metric per version and target", metric_bars),
         latency_chart=svg.bar_chart("Benchmark p95 latency per version and target", latency_bars, unit=" ms"),
+        **retraining_context(session, model),
     )
+
+
+def retraining_context(session, model: m.Model) -> dict:  # type: ignore[no-untyped-def]
+    """The model page's retraining part: drift per version and group over time, the policy, the jobs."""
+    from cloud_registry import drift, retraining
+    from cloud_registry import retraining_schemas as rs
+    from cloud_registry.jobs.manager import job_info, list_jobs
+
+    record = retraining.get_policy(session, model_id=model.id)
+    policy = rs.RetrainingPolicy.model_validate(record.policy) if record else None
+    trigger = policy.triggers.drift if policy else None
+    series: dict[tuple[int, str], list[m.DriftScore]] = {}
+    for row in drift.history(session, model_id=model.id, limit=5000):
+        series.setdefault((row.model_version, row.device_group), []).append(row)
+    drift_charts, drift_rows = [], []
+    for (version, group), rows in sorted(series.items()):
+        name = f"v{version} {group or '(no group)'}"
+        lines = {
+            "score": [(r.at, r.score) for r in rows],
+            "psi confidence": [(r.at, r.psi_confidence) for r in rows],
+            "psi class": [(r.at, r.psi_class) for r in rows],
+        }
+        thresholds = {"score": trigger.threshold} if trigger and trigger.metric == "score" else {}
+        drift_charts.append(
+            svg.line_chart(f"Drift of {name} against its build reference", lines, thresholds=thresholds)
+        )
+        drift_rows.append({"series": name, "latest": drift.point(rows[-1]), "points": len(rows)})
+    jobs = [job_info(job) for job in list_jobs(session, model=model.name, limit=50)]
+    return {
+        "policy": policy,
+        "policy_record": record,
+        "drift_charts": drift_charts,
+        "drift_rows": drift_rows,
+        "jobs": jobs,
+    }
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    request: Request, session: SessionDep, job_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+) -> Response:
+    from cloud_registry.jobs.manager import get_job, job_info, job_log
+
+    job = get_job(session, job_id=job_id)
+    return _page(request, session, "job.html", job=job_info(job), inputs=job.inputs or {}, log=job_log(job))
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)

@@ -1,0 +1,169 @@
+"""Fleet drift: per model version and device group, the devices' drift summaries pooled and compared with
+the bundle's `drift_reference` (the FP32 model on the validation data at build time).
+
+Every `drift_interval_s` the registry pools the summaries of the last `drift_window_s` of telemetry
+(`edgewire.drift.merge`) and stores one `DriftScore` per (version, group):
+
+- `psi_confidence`, `psi_class`: population stability index of the confidence and class histograms
+  against the reference (0: the same; above 0.25 a large shift, by the usual rule of thumb);
+- `mean_shift_z`: the largest per-channel two-sample z statistic of the input means
+  (`edgewire.drift.mean_shift_z`: Welch's, with per-pixel stds, a conservative scale);
+- `score`: max(psi_confidence, psi_class), the one number a policy's drift trigger watches by default.
+
+Rows are keyed by the tick (`bucket`), so several replicas scoring the same tick store it once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud_registry import models as m
+from cloud_registry import retraining_schemas as rs
+from edgebundle.manifest import DriftSummary
+from edgewire.drift import mean_shift_z, merge, psi
+
+NO_GROUP = ""  # devices outside any group pool together under this name
+
+
+def reference_of(version: m.ModelVersion) -> DriftSummary | None:
+    """The version's build-time reference: every target's is the same FP32 model on the same data."""
+    for artifact in version.artifacts:
+        reference = (artifact.manifest or {}).get("drift_reference")
+        if reference:
+            return DriftSummary.model_validate(reference)
+    return None
+
+
+def compare(reference: DriftSummary, current: DriftSummary) -> dict[str, float]:
+    values = {
+        "psi_confidence": psi(reference.confidence_hist, current.confidence_hist),
+        "psi_class": psi(reference.class_hist, current.class_hist),
+        "mean_shift_z": mean_shift_z(reference, current),
+    }
+    values["score"] = max(values["psi_confidence"], values["psi_class"])
+    return values
+
+
+def score_fleet(session: Session, *, window_s: float, interval_s: float, now: float | None = None) -> int:
+    """Score every (model, version, group) with drift in the window; the number of rows written."""
+    from cloud_registry.crud import insert_ignoring_conflicts
+
+    now = time.time() if now is None else now
+    rows = session.execute(
+        select(
+            m.TelemetryRecord.model_name,
+            m.TelemetryRecord.model_version,
+            m.TelemetryRecord.device_id,
+            m.Device.group,
+            m.TelemetryRecord.drift,
+        )
+        .join(m.Device, m.Device.id == m.TelemetryRecord.device_id)
+        .where(
+            m.TelemetryRecord.received_at > now - window_s,
+            m.TelemetryRecord.received_at <= now,
+            m.TelemetryRecord.model_version.is_not(None),
+            m.TelemetryRecord.drift.is_not(None),
+        )
+    )
+    pooled: dict[tuple[str, int, str], tuple[list[DriftSummary], set[int]]] = {}
+    for model_name, version, device_id, group, drift in rows:
+        if not drift or not drift.get("samples"):
+            continue
+        summaries, devices = pooled.setdefault((model_name, version, group or NO_GROUP), ([], set()))
+        summaries.append(DriftSummary.model_validate(drift))
+        devices.add(device_id)
+    bucket = int(now // interval_s)
+    records: list[dict[str, Any]] = []
+    references: dict[tuple[str, int], tuple[int, DriftSummary | None]] = {}
+    for (model_name, version, group), (summaries, devices) in sorted(pooled.items()):
+        if (model_name, version) not in references:
+            row = session.scalar(
+                select(m.ModelVersion)
+                .join(m.Model)
+                .where(m.Model.name == model_name, m.ModelVersion.version == version)
+            )
+            references[(model_name, version)] = (row.model_id, reference_of(row)) if row else (0, None)
+        model_id, reference = references[(model_name, version)]
+        if reference is None:  # an unknown version, or one built without validation data
+            continue
+        current = merge(summaries)
+        records.append(
+            {
+                "model_id": model_id,
+                "model_version": version,
+                "device_group": group,
+                "bucket": bucket,
+                "at": now,
+                "window_s": window_s,
+                "devices": len(devices),
+                "samples": current.samples,
+                **compare(reference, current),
+                "summary": current.model_dump(mode="json"),
+            }
+        )
+    return insert_ignoring_conflicts(
+        session, m.DriftScore, records, ["model_id", "model_version", "device_group", "bucket"]
+    )
+
+
+def history(
+    session: Session,
+    *,
+    model_id: int,
+    version: int | None = None,
+    group: str | None = None,
+    since: float | None = None,
+    limit: int = 2000,
+) -> list[m.DriftScore]:
+    """Scores oldest first (the newest `limit` of them)."""
+    query = select(m.DriftScore).where(m.DriftScore.model_id == model_id)
+    if version is not None:
+        query = query.where(m.DriftScore.model_version == version)
+    if group is not None:
+        query = query.where(m.DriftScore.device_group == group)
+    if since is not None:
+        query = query.where(m.DriftScore.at >= since)
+    rows = session.scalars(query.order_by(m.DriftScore.at.desc(), m.DriftScore.id.desc()).limit(limit))
+    return list(reversed(list(rows)))
+
+
+def point(row: m.DriftScore) -> rs.DriftPoint:
+    return rs.DriftPoint(
+        model_version=row.model_version,
+        group=row.device_group,
+        at=row.at,
+        window_s=row.window_s,
+        devices=row.devices,
+        samples=row.samples,
+        psi_confidence=row.psi_confidence,
+        psi_class=row.psi_class,
+        mean_shift_z=row.mean_shift_z,
+        score=row.score,
+    )
+
+
+def above_since(
+    rows: list[m.DriftScore], trigger: rs.DriftTrigger, *, now: float, interval_s: float
+) -> m.DriftScore | None:
+    """The first score of the current unbroken run above the threshold (oldest-first `rows` of one series).
+
+    A score with too few samples, one at or below the threshold, or a gap of more than two ticks
+    (no telemetry) ends a run; None when the newest score is not above the threshold.
+    """
+    first = None
+    previous_at = None
+    for row in rows:
+        value = getattr(row, trigger.metric)
+        gap = previous_at is not None and row.at - previous_at > 2 * interval_s
+        if row.samples < trigger.min_samples or value <= trigger.threshold or gap:
+            first = None
+        if row.samples >= trigger.min_samples and value > trigger.threshold and first is None:
+            first = row
+        previous_at = row.at
+    if first is None or previous_at is None or now - previous_at > 2 * interval_s:
+        return None
+    return first

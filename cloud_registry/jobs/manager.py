@@ -1,0 +1,624 @@
+"""The registry's side of the retraining loop, one `tick` every `retrain_interval_s`:
+
+1. score fleet drift (every `drift_interval_s`, `cloud_registry.drift`);
+2. evaluate the retraining policies' triggers (`cloud_registry.retraining`): new queued jobs;
+3. collect attempts that ended and finalize them: register the candidate (verified like an upload),
+   compare it with its parent on the held-out samples, then start its canary rollout or mark the job
+   rejected with the figures;
+4. renew the leases of the attempts this replica runs;
+5. queue again the running jobs whose replica stopped renewing (it crashed or was killed);
+6. claim queued jobs while the runner has room, stage their inputs and submit them.
+
+Claiming is one conditional UPDATE (`state = 'queued'` to `'running'`, attempt + 1), so of several
+replicas, or a restarted one and a late one, exactly one gets an attempt; an attempt's outcome is
+taken only while the job is still running that attempt under this replica's claim, in the same
+transaction that registers the version. A restart therefore neither loses a job (it is queued again,
+or never left the queue) nor makes a second version of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud_registry import crud, db, drift, retraining, rollouts, samples, schemas
+from cloud_registry import models as m
+from cloud_registry import retraining_schemas as rs
+from cloud_registry.core.config import Settings
+from cloud_registry.crud import Conflict, Invalid, NotFound, Publication
+from cloud_registry.jobs.runners import Finished, JobRunner, make_runner
+from cloud_registry.jobs.spec import LOG_FILE, SPEC_FILE, STATUS_FILE, JobOutcome, JobSpec
+from cloud_registry.storage import ArtifactStore
+from cloud_registry.verify import verify_trusted
+from edgebundle.errors import BundleError
+
+log = logging.getLogger("cloud_registry.jobs")
+MAX_ATTEMPTS = 3  # a job whose attempts keep losing their registry (it crashes the host?) fails after this
+LOG_TAIL_BYTES = 64 * 1024
+UNPACK_FACTOR = 4
+
+
+class StageError(Exception):
+    """The job cannot start: a missing input, too little data, no signing key."""
+
+
+def decide(evaluation: dict[str, Any], tolerance_points: float) -> tuple[bool, str]:
+    """Accepted when, for every target, the candidate's held-out metric >= its parent's - tolerance."""
+    parts, accepted = [], bool(evaluation)
+    for target, figures in sorted(evaluation.items()):
+        parent, candidate = figures["parent"], figures["candidate"]
+        parts.append(
+            f"{target}: {figures['metric']} {candidate:.2f} vs parent {parent:.2f} on {figures['samples']} held-out"
+        )
+        if candidate < parent - tolerance_points:
+            accepted = False
+    figures_text = "; ".join(parts) or "no held-out figures"
+    if accepted:
+        return True, f"accepted: at least as good as its parent ({figures_text})"
+    return False, f"rejected: worse than its parent on the held-out samples ({figures_text})"
+
+
+def source_input_shape(manifest: dict[str, Any]) -> list[int]:
+    """The model's input shape in its source's layout (a TFLite bundle's artifact takes NHWC)."""
+    spec = manifest["artifacts"][0]["inputs"][0]
+    shape = [d if d > 0 else 1 for d in spec["shape"]]
+    keras = manifest["source"]["kind"] in ("keras", "saved-model")
+    if spec.get("layout") == "NHWC" and len(shape) == 4 and not keras:
+        return [shape[0], shape[3], shape[1], shape[2]]
+    return shape
+
+
+def default_edgectl() -> list[str]:
+    import shutil
+    import sys
+
+    found = shutil.which("edgectl")
+    return [found] if found else [sys.executable, "-m", "toolchain.cli.main"]
+
+
+def tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - limit))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class JobManager:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        settings: Settings,
+        store: ArtifactStore,
+        trusted_keys: dict[str, Ed25519PublicKey],
+        publish: Callable[[list[Publication]], None],
+        runner: JobRunner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.factory, self.settings, self.store = factory, settings, store
+        self.trusted_keys, self.publish, self.clock = trusted_keys, publish, clock
+        self.runner = runner
+        self.instance = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._last_drift = 0.0
+
+    def start(self) -> None:
+        if self.runner is None:
+            self.runner = make_runner(
+                self.settings.jobs_runner,
+                max_workers=self.settings.jobs_max_workers,
+                ray_address=self.settings.ray_address,
+            )
+
+    def close(self) -> None:
+        """Stop this replica's attempts and give their jobs back to the queue at once (no lease wait)."""
+        if self.runner is None:
+            return
+        self.runner.close()
+        with db.transaction(self.factory) as session:
+            session.execute(
+                update(m.RetrainingJob)
+                .where(m.RetrainingJob.state == "running", m.RetrainingJob.claimed_by == self.instance)
+                .values(state="queued", claimed_by=None, lease_until=None, phase=None)
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    def tick(self) -> None:
+        now = self.clock()
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("drift scoring", lambda: self.score_drift(now)),
+            ("trigger evaluation", lambda: self.evaluate_triggers(now)),
+            ("collecting", self.collect),
+            ("leases", lambda: self.renew_leases(now)),
+            ("requeueing", lambda: self.requeue_lost(now)),
+            ("starting", lambda: self.start_queued(now)),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception:  # one failing step must not stop the others
+                log.exception("retraining loop: %s failed", name)
+
+    def score_drift(self, now: float, *, force: bool = False) -> int:
+        if not force and now - self._last_drift < self.settings.drift_interval_s:
+            return 0
+        self._last_drift = now
+        with db.transaction(self.factory) as session:
+            return drift.score_fleet(
+                session,
+                window_s=self.settings.drift_window_s,
+                interval_s=self.settings.drift_interval_s,
+                now=now,
+            )
+
+    def evaluate_triggers(self, now: float) -> list[int]:
+        with db.transaction(self.factory) as session:
+            jobs = retraining.evaluate_triggers(session, now=now, interval_s=self.settings.drift_interval_s)
+            return [job.id for job in jobs]
+
+    def collect(self) -> None:
+        assert self.runner is not None
+        for finished in self.runner.poll():
+            self.finalize(finished)
+
+    def renew_leases(self, now: float) -> None:
+        assert self.runner is not None
+        running = self.runner.running()
+        if not running:
+            return
+        with db.transaction(self.factory) as session:
+            for job_id, attempt in running:
+                job = session.get(m.RetrainingJob, job_id)
+                if job is None or (job.state, job.attempt, job.claimed_by) != (
+                    "running",
+                    attempt,
+                    self.instance,
+                ):
+                    log.info(
+                        "job %d attempt %d is no longer ours (%s): stopping it",
+                        job_id,
+                        attempt,
+                        job and job.state,
+                    )
+                    self.runner.cancel(job_id)
+                    continue
+                job.lease_until = now + self.settings.jobs_lease_s
+                status = Path(job.inputs.get("workdir", "")) / STATUS_FILE
+                with contextlib.suppress(OSError, ValueError):
+                    job.phase = json.loads(status.read_text()).get("phase", job.phase)
+
+    def requeue_lost(self, now: float) -> list[int]:
+        """Running jobs whose replica stopped renewing their lease: queued again (or failed after 3 tries)."""
+        assert self.runner is not None
+        ours = {job_id for job_id, _ in self.runner.running()}
+        requeued = []
+        with db.transaction(self.factory) as session:
+            lost = session.scalars(
+                select(m.RetrainingJob).where(
+                    m.RetrainingJob.state == "running", m.RetrainingJob.lease_until < now
+                )
+            ).all()
+            for job in lost:
+                if job.id in ours and job.claimed_by == self.instance:
+                    continue
+                reason = f"attempt {job.attempt} lost its registry ({job.claimed_by}: lease expired)"
+                values: dict[str, Any] = {
+                    "claimed_by": None,
+                    "lease_until": None,
+                    "phase": None,
+                    "reason": reason,
+                }
+                if job.attempt >= MAX_ATTEMPTS:
+                    values |= {
+                        "state": "failed",
+                        "finished_at": now,
+                        "reason": f"{reason}; gave up after {job.attempt} attempts",
+                    }
+                else:
+                    values["state"] = "queued"
+                done = session.execute(
+                    update(m.RetrainingJob)
+                    .where(
+                        m.RetrainingJob.id == job.id,
+                        m.RetrainingJob.state == "running",
+                        m.RetrainingJob.attempt == job.attempt,
+                        m.RetrainingJob.lease_until < now,
+                    )
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if done.rowcount == 1:
+                    log.warning("job %d: %s", job.id, values["reason"])
+                    requeued.append(job.id)
+        return requeued
+
+    def start_queued(self, now: float) -> list[int]:
+        assert self.runner is not None
+        started: list[int] = []
+        free = self.runner.free()
+        if free <= 0:
+            return started
+        with self.factory() as session:
+            queued = session.scalars(
+                select(m.RetrainingJob.id)
+                .where(m.RetrainingJob.state == "queued")
+                .order_by(m.RetrainingJob.id)
+                .limit(free)
+            ).all()
+        for job_id in queued:
+            claimed = self.claim(job_id, now)
+            if claimed is None:
+                continue
+            try:
+                spec = self.stage(job_id)
+            except (StageError, Invalid, NotFound, Conflict, BundleError, OSError) as exc:
+                self._fail(job_id, claimed, f"cannot start: {exc}", phase="staging")
+                continue
+            self.runner.submit(job_id, claimed, spec)
+            started.append(job_id)
+            log.info("job %d attempt %d started on the %s runner", job_id, claimed, self.runner.name)
+        return started
+
+    # ------------------------------------------------------------------ claiming and staging
+
+    def claim(self, job_id: int, now: float) -> int | None:
+        """Take a queued job for this replica; its attempt number, or None when someone else has it."""
+        assert self.runner is not None
+        with db.transaction(self.factory) as session:
+            taken = session.execute(
+                update(m.RetrainingJob)
+                .where(m.RetrainingJob.id == job_id, m.RetrainingJob.state == "queued")
+                .values(
+                    state="running",
+                    attempt=m.RetrainingJob.attempt + 1,
+                    claimed_by=self.instance,
+                    lease_until=now + self.settings.jobs_lease_s,
+                    phase="staging",
+                    runner=self.runner.name,
+                    started_at=func.coalesce(m.RetrainingJob.started_at, now),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount != 1:
+                return None
+            job = session.get(m.RetrainingJob, job_id, populate_existing=True)
+            assert job is not None
+            if job.new_version is None:
+                newest_version = session.scalar(
+                    select(func.max(m.ModelVersion.version)).where(m.ModelVersion.model_id == job.model_id)
+                )
+                newest_job = session.scalar(
+                    select(func.max(m.RetrainingJob.new_version)).where(
+                        m.RetrainingJob.model_id == job.model_id
+                    )
+                )
+                job.new_version = max(newest_version or 0, newest_job or 0) + 1
+            return job.attempt
+
+    def stage(self, job_id: int) -> Path:
+        """Copy the job's inputs into its attempt folder and write spec.json; the spec's path."""
+        settings = self.settings
+        with db.transaction(self.factory) as session:
+            job = session.get(m.RetrainingJob, job_id)
+            assert job is not None and job.new_version is not None
+            model = job.model
+            policy = rs.RetrainingPolicy.model_validate(job.policy)
+            if settings.jobs_sign_key is None or not settings.jobs_sign_key.is_file():
+                raise StageError(
+                    "the registry has no jobs_sign_key (EDGECTL_REGISTRY_JOBS_SIGN_KEY) to sign the bundles a job builds"
+                )
+            parent = crud.get_version(session, model=model.name, version=job.parent_version)
+            if not parent.artifacts:
+                raise StageError(f"{model.name} v{parent.version} has no bundle")
+            primary = parent.artifacts[0].manifest
+            if not self.store.exists(parent.source_sha256):
+                raise StageError(
+                    f"the registry does not hold the source model (the weights) of {model.name} v{parent.version}; "
+                    f"upload it: edgectl retrain source {model.name} {parent.version} {primary['source']['filename']}"
+                )
+            workdir = settings.jobs_path / f"job-{job.id}" / f"attempt-{job.attempt}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            parent_model = samples.copy_to(
+                self.store,
+                parent.source_sha256,
+                workdir / "parent" / Path(primary["source"]["filename"]).name,
+            )
+            parent_bundles = {
+                a.target: samples.copy_to(
+                    self.store, a.archive_sha256, workdir / "parent" / f"{a.target}.edgebundle"
+                )
+                for a in parent.artifacts
+            }
+            if job.snapshot_id is None:
+                snapshot = samples.create_snapshot(
+                    session,
+                    self.store,
+                    model=model,
+                    groups=policy.groups,
+                    holdout_fraction=policy.evaluation.holdout_fraction,
+                    folder=workdir / "data",
+                )
+                job.snapshot_id = snapshot.id
+            else:
+                snapshot = job.snapshot
+                assert snapshot is not None
+                samples.copy_to(self.store, snapshot.train_sha256, workdir / "data" / "train.npz")
+                samples.copy_to(self.store, snapshot.holdout_sha256, workdir / "data" / "holdout.npz")
+            if snapshot.train_samples == 0:
+                raise StageError(f"dataset {snapshot.number} has no training samples")
+            if snapshot.holdout_samples < policy.evaluation.min_holdout:
+                raise StageError(
+                    f"dataset {snapshot.number} holds out {snapshot.holdout_samples} samples; the policy needs "
+                    f"{policy.evaluation.min_holdout} (label more samples, or lower evaluation.min_holdout)"
+                )
+            gates = [
+                a.manifest["validation"]["max_drop_points"]
+                for a in parent.artifacts
+                if a.manifest.get("validation")
+            ]
+            spec = JobSpec(
+                job_id=job.id,
+                attempt=job.attempt,
+                model=model.name,
+                parent_version=parent.version,
+                new_version=job.new_version,
+                trigger=f"retrain job {job.id}: {job.trigger}"[:100],
+                workdir=workdir,
+                entry_point=policy.entry_point,
+                training_data=policy.training_data or parent.training_data,
+                parent_model=parent_model,
+                train_data=workdir / "data" / "train.npz",
+                holdout_data=workdir / "data" / "holdout.npz",
+                labels=list(primary["postprocessing"].get("labels") or []),
+                preprocessing=primary["preprocessing"],
+                input_shape=source_input_shape(primary),
+                targets={a.target: a.precision for a in parent.artifacts},
+                parent_bundles=parent_bundles,
+                max_drop=policy.build.max_drop
+                if policy.build.max_drop is not None
+                else max(gates, default=1.0),
+                build_extra_args=policy.build.extra_args,
+                sign_key=settings.jobs_sign_key.resolve(),
+                edgectl=settings.edgectl_command or default_edgectl(),
+            )
+            spec_path = workdir / SPEC_FILE
+            spec_path.write_text(spec.model_dump_json(indent=2))
+            job.inputs = {
+                "workdir": str(workdir),
+                "parent_source_sha256": parent.source_sha256,
+                "parent_bundles": {a.target: a.archive_sha256 for a in parent.artifacts},
+                "targets": spec.targets,
+                "training_data": spec.training_data,
+                "dataset": snapshot.number,
+                "entry_point": policy.entry_point.model_dump(mode="json"),
+                "max_drop": spec.max_drop,
+            }
+            job.phase = "queued-on-runner"
+        return spec_path
+
+    # ------------------------------------------------------------------ finalizing
+
+    def _own(self, session: Session, job_id: int, attempt: int) -> m.RetrainingJob | None:
+        """The job, locked, if it still runs this attempt under this replica's claim."""
+        return session.scalar(
+            select(m.RetrainingJob)
+            .where(
+                m.RetrainingJob.id == job_id,
+                m.RetrainingJob.state == "running",
+                m.RetrainingJob.attempt == attempt,
+                m.RetrainingJob.claimed_by == self.instance,
+            )
+            .with_for_update()
+        )
+
+    def _fail(
+        self,
+        job_id: int,
+        attempt: int,
+        reason: str,
+        outcome: dict[str, Any] | None = None,
+        *,
+        phase: str | None = None,
+    ) -> None:
+        """The attempt failed: in `phase`, else the phase its outcome names, else where it was."""
+        with db.transaction(self.factory) as session:
+            job = self._own(session, job_id, attempt)
+            if job is None:
+                return
+            job.state, job.reason, job.finished_at = "failed", reason[:4000], self.clock()
+            job.lease_until = None
+            job.phase = phase or (outcome or {}).get("phase") or job.phase
+            if outcome is not None:
+                job.outcome = outcome
+            self._keep_log(job)
+        log.warning("job %d failed: %s", job_id, reason)
+
+    def _keep_log(self, job: m.RetrainingJob) -> None:
+        workdir = job.inputs.get("workdir")
+        if workdir:
+            job.log = tail(Path(workdir) / LOG_FILE)
+
+    def finalize(self, finished: Finished) -> None:
+        if finished.outcome is None or not finished.outcome.get("ok"):
+            error = finished.error or (finished.outcome or {}).get("error") or "the attempt failed"
+            self._fail(finished.job_id, finished.attempt, error, finished.outcome)
+            return
+        publications: list[Publication] = []
+        try:
+            with db.transaction(self.factory) as session:
+                job = self._own(session, finished.job_id, finished.attempt)
+                if job is None:
+                    log.info(
+                        "job %d attempt %d: outcome of an attempt no longer current, dropped",
+                        finished.job_id,
+                        finished.attempt,
+                    )
+                    return
+                outcome = JobOutcome.model_validate(finished.outcome)
+                policy = rs.RetrainingPolicy.model_validate(job.policy)
+                job.outcome = outcome.model_dump(mode="json")
+                job.evaluation = outcome.evaluation
+                job.finished_at, job.lease_until = self.clock(), None
+                self._keep_log(job)
+                self._register(session, job, outcome)
+                accepted, reason = decide(outcome.evaluation, policy.evaluation.tolerance_points)
+                job.reason = reason
+                if not accepted:
+                    job.state, job.phase = "rejected", "rejected"
+                    log.info("job %d: %s", job.id, reason)
+                    return
+                job.state, job.phase = "succeeded", "done"
+                if policy.rollout.enabled:
+                    publications = self._roll_out(session, job, policy)
+                log.info("job %d: %s", job.id, job.reason)
+        except (Invalid, Conflict, NotFound, BundleError, OSError) as exc:
+            self._fail(
+                finished.job_id,
+                finished.attempt,
+                f"registering the candidate failed: {exc}",
+                finished.outcome,
+            )
+            return
+        self.publish(publications)
+
+    def _register(self, session: Session, job: m.RetrainingJob, outcome: JobOutcome) -> None:
+        """The candidate's bundles, verified like an upload, and its source model: a new version with lineage."""
+        model = job.model
+        source_sha256 = None
+        for target, archive in sorted(outcome.bundles.items()):
+            manifest = verify_trusted(
+                archive, self.trusted_keys, self.settings.max_upload_bytes * UNPACK_FACTOR
+            )
+            if (manifest.name, manifest.version, manifest.target) != (model.name, job.new_version, target):
+                raise Invalid(
+                    f"the job built {manifest.name} v{manifest.version} for {manifest.target}, "
+                    f"not {model.name} v{job.new_version} for {target}"
+                )
+            sha256 = samples.put_file(session, self.store, archive)
+            crud.register_artifact(
+                session,
+                manifest=manifest,
+                archive_sha256=sha256,
+                archive_size=archive.stat().st_size,
+                uploaded_by=f"retraining-job-{job.id}",
+            )
+            source_sha256 = manifest.source.sha256
+        if outcome.model is not None and outcome.model_sha256 == source_sha256:
+            samples.put_file(session, self.store, outcome.model)  # the next job's parent weights
+        version = crud.get_version(session, model=model.name, version=job.new_version)
+        snapshot = job.snapshot
+        if snapshot is not None:
+            version.data_snapshots = {
+                **(version.data_snapshots or {}),
+                f"feedback-{snapshot.number}-train": snapshot.train_sha256,
+                f"feedback-{snapshot.number}-holdout": snapshot.holdout_sha256,
+            }
+
+    def _roll_out(
+        self, session: Session, job: m.RetrainingJob, policy: rs.RetrainingPolicy
+    ) -> list[Publication]:
+        selection = policy.rollout.selection
+        if selection is None:
+            if len(policy.groups) == 1:
+                selection = schemas.Selection(group=policy.groups[0])
+            elif policy.groups:
+                names = session.scalars(select(m.Device.name).where(m.Device.group.in_(policy.groups))).all()
+                selection = schemas.Selection(devices=sorted(names))
+            else:
+                selection = schemas.Selection()
+        body = schemas.RolloutCreate(
+            model=job.model.name,
+            version=job.new_version,
+            selection=selection,
+            waves=policy.rollout.waves,
+            policy=schemas.GatePolicy.model_validate(policy.rollout.gates.model_dump()),
+        )
+        try:
+            with session.begin_nested():
+                rollout, publications = rollouts.create_rollout(
+                    session, body=body, actor=f"retraining-job-{job.id}", public_url=self.settings.public_url
+                )
+        except Conflict as exc:
+            job.reason = f"{job.reason}; no rollout: {exc}"
+            return []
+        job.rollout_id = rollout.id
+        job.reason = f"{job.reason}; canary rollout {rollout.id} started"
+        return publications
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def job_info(job: m.RetrainingJob) -> rs.JobInfo:
+    return rs.JobInfo(
+        id=job.id,
+        model=job.model.name,
+        state=job.state,  # type: ignore[arg-type]
+        phase=job.phase,
+        trigger=job.trigger,  # type: ignore[arg-type]
+        trigger_details=job.trigger_details or {},
+        parent_version=job.parent_version,
+        new_version=job.new_version,
+        attempt=job.attempt,
+        runner=job.runner,
+        policy_revision=job.policy_revision,
+        created_at=job.created_at,
+        created_by=job.created_by,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        dataset=samples.dataset_info(job.snapshot) if job.snapshot else None,
+        evaluation=job.evaluation or {},
+        outcome=job.outcome or {},
+        reason=job.reason,
+        rollout_id=job.rollout_id,
+    )
+
+
+def job_log(job: m.RetrainingJob) -> str:
+    """The log: live from the attempt's folder while it runs, else what was kept when it ended."""
+    workdir = job.inputs.get("workdir")
+    if job.state == "running" and workdir:
+        return tail(Path(workdir) / LOG_FILE)
+    return job.log or ""
+
+
+def get_job(session: Session, *, job_id: int) -> m.RetrainingJob:
+    job = session.get(m.RetrainingJob, job_id)
+    if job is None:
+        raise NotFound(f"no retraining job {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session, *, model: str | None = None, state: str | None = None, limit: int = 100
+) -> list[m.RetrainingJob]:
+    query = select(m.RetrainingJob).order_by(m.RetrainingJob.id.desc()).limit(limit)
+    if model:
+        query = query.join(m.Model).where(m.Model.name == model)
+    if state:
+        query = query.where(m.RetrainingJob.state == state)
+    return list(session.scalars(query))
+
+
+def cancel_job(session: Session, *, job_id: int, actor: str) -> m.RetrainingJob:
+    """A queued or running job stops; the replica running it notices at its next lease renewal."""
+    job = get_job(session, job_id=job_id)
+    if job.state not in rs.ACTIVE_JOB_STATES:
+        raise Conflict(f"job {job_id} is {job.state}; only a queued or running job can be cancelled")
+    job.state, job.finished_at, job.lease_until = "cancelled", time.time(), None
+    job.reason = f"cancelled by {actor}"
+    return job
