@@ -126,3 +126,17 @@ def test_devices_and_registry_errors(capsys, env, tmp_path, monkeypatch):
     monkeypatch.delenv("EDGECTL_REGISTRY_CONFIG", raising=False)
     monkeypatch.setenv("EDGECTL_REGISTRY_FLEET", "Not/A/Fleet")
     assert_user_error(run(capsys, "registry", "serve"), 2, "settings are invalid")
+
+
+def test_serve_with_ray_jobs_but_no_ray_says_which_extra(capsys, env, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a)
+    )
+    monkeypatch.setenv("EDGECTL_REGISTRY_JOBS_RUNNER", "ray")
+    monkeypatch.setenv("EDGECTL_REGISTRY_DATA_DIR", str(tmp_path / "data"))
+    result = run(capsys, "registry", "serve")
+    assert_user_error(result, 2, "needs the Python package 'ray'")
+    assert "edgectl[jobs-ray]" in result.err

@@ -58,6 +58,11 @@ def serve_command(
             f"registry settings are invalid: {' '.join(first[:3])}",
             hint="see docs/registry.md for every setting",
         ) from None
+    if settings.jobs_runner == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise MissingDependencyError("ray", "jobs-ray", "retraining jobs on Ray (jobs_runner: ray)")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=host, port=port, log_level=log_level, access_log=log_level == "debug"
