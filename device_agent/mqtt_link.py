@@ -10,7 +10,8 @@
   at most `max_inflight` unacknowledged at a time, QoS 1, and deletes each
   from the outbox only when its PUBACK arrives. Within one process paho
   resends unacknowledged messages after a reconnect; across restarts the
-  outbox does.
+  outbox does. Update statuses are published retained, so the broker keeps
+  each device's newest one for a registry that subscribes late.
 """
 
 from __future__ import annotations
@@ -212,7 +213,10 @@ class MqttLink:
     def _hand(self, message: Message) -> bool:
         import paho.mqtt.client as mqtt
 
-        info = self._client.publish(self.topics.data(message.kind), message.payload, qos=1)  # type: ignore[arg-type]
+        # The newest update status is retained: a registry that subscribes late (its first start, or back
+        # after its session expired) still learns how each device's last update ended.
+        retain = message.kind == "update"
+        info = self._client.publish(self.topics.data(message.kind), message.payload, qos=1, retain=retain)  # type: ignore[arg-type]
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("paho did not take queued message %d: %s", message.id, mqtt.error_string(info.rc))
             return False

@@ -3,7 +3,7 @@
 ```
 edgectl/data/{fleet}/{device}/presence    retained  Presence       device -> cloud (also the Last Will)
 edgectl/data/{fleet}/{device}/telemetry   QoS 1     Telemetry      device -> cloud
-edgectl/data/{fleet}/{device}/update      QoS 1     UpdateStatus   device -> cloud
+edgectl/data/{fleet}/{device}/update      retained  UpdateStatus   device -> cloud (the newest one)
 edgectl/cmd/{fleet}/{device}/desired      retained  DesiredModel   cloud -> device
 ```
 

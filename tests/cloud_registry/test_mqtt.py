@@ -167,6 +167,60 @@ def test_rollout_gate_from_mqtt_telemetry_halts_and_publishes_retained_rollbacks
         d.close()
 
 
+def test_a_registry_that_subscribes_late_learns_how_updates_ended_from_the_retained_status(
+    tmp_path, signing, broker
+):
+    """The registry's first connection comes after the device finished (the race CI once lost)."""
+    from fastapi.testclient import TestClient
+
+    from cloud_registry.main import create_app
+    from tests.cloud_registry.helpers import update_status
+
+    data_dir = tmp_path / "registry"
+    offline = create_app(make_settings(data_dir, signing[1]))  # no broker configured yet
+    with TestClient(offline) as client:
+        api = Api(client, offline.state.registry, data_dir)
+        api.push(make_bundle(tmp_path, signing[0], version=1))
+        api.enroll("dev-1")
+        rollout = client.post(
+            "/api/v1/rollouts",
+            json={"model": "digits", "version": 1, "waves": [100], "policy": {"bake_s": 0}},
+            headers=api.admin(),
+        ).json()
+        with api.registry.factory() as session:
+            update_id = session.scalar(select(m.RolloutDevice.update_id))
+    device = MqttDevice(broker.port, "dev-1")
+    assert device.wait_connected()
+    for seq, state in enumerate(["QUEUED", "INSTALLING", "SUCCEEDED"], start=1):
+        message = update_status(
+            "dev-1", seq, update_id=update_id, state=state, to_version=1, rollout_id=rollout["id"]
+        )
+        device.publish(message, retain=True).wait_for_publish(5)
+    online = create_app(
+        make_settings(
+            data_dir,
+            signing[1],
+            mqtt_host="127.0.0.1",
+            mqtt_port=broker.port,
+            mqtt_client_id=f"registry-late-{time.monotonic_ns()}",  # a session the broker never saw
+            ingest_flush_s=0.05,
+        )
+    )
+    with TestClient(online) as client:
+        registry = online.state.registry
+        assert registry.link.subscribed.wait(10)
+
+        def entry_state() -> str | None:
+            with registry.factory() as session:
+                return session.scalar(select(m.RolloutDevice.state))
+
+        assert wait_for(lambda: entry_state() == "succeeded")
+        registry.reconciler.tick()
+        info = client.get(f"/api/v1/rollouts/{rollout['id']}", headers=api.admin()).json()
+        assert info["state"] == "completed", info["decisions"]
+    device.close()
+
+
 def test_shared_subscription_splits_the_stream_across_replicas(tmp_path, signing, broker):
     from cloud_registry.service import Registry
 

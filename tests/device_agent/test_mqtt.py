@@ -204,6 +204,12 @@ def test_a_retained_desired_message_drives_an_update_reported_over_mqtt(
     )
     assert states == ALL_STATES
     assert registry.updates == [], "MQTT was up: no HTTP fallback"
+    # A registry that subscribes only now still learns how the update ended: the newest status is retained.
+    late = MqttCollector(broker.port, topic=TOPICS.update, client_id="late", persistent=False).start()
+    retained = wait_for(lambda: late.messages, "the retained update status")
+    late.stop()
+    assert len(retained) == 1 and retained[0][2] is True
+    assert parse_payload("update", retained[0][1]).state == "SUCCEEDED"
     presence = wait_for(
         lambda: [p for p in received(collector, "presence") if p.model and p.model.version == 1], "presence"
     )

@@ -155,6 +155,7 @@ def test_drift_on_devices_becomes_a_retrained_version_in_canary_rollout(fleet, d
     wait_for(
         lambda: cli("rollout", "status", str(created["id"]), "--json").json()["state"] == "completed",
         "the v1 rollout to complete",
+        on_timeout=lambda: cli("rollout", "status", str(created["id"]), "--json").out + "\n" + logs(),
     )
     cli(
         "retrain", "sampling", "field", "--enable", "--max-per-day", "150", "--max-confidence", "0.5",
