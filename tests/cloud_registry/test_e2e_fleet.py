@@ -172,6 +172,9 @@ def stack(tmp_path, signing, capsys, monkeypatch):
     wait_for(lambda: server.started, "the registry", 30)
     broker.start()  # reads the files the registry wrote on start; enrollments rewrite them and SIGHUP it
     (tmp_path / "broker.pid").write_text(str(broker.process.pid))
+    # Devices start only once the registry listens: telemetry sent before its first subscription is not
+    # kept for it (update statuses are, retained; see test_mqtt's late-subscriber test).
+    wait_for(app.state.registry.link.subscribed.is_set, "the registry's MQTT subscription", 40)
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("EDGECTL_REGISTRY_URL", url)
     monkeypatch.setenv("EDGECTL_REGISTRY_TOKEN", ADMIN_TOKEN)
