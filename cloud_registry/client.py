@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -108,10 +109,13 @@ class RegistryClient:
         return self.request("GET", "/api/v1/devices", params=params)
 
     def device(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/devices/{name}")
+        return self.request("GET", f"/api/v1/devices/{quote(name, safe='')}")
 
     def enrollment_token(self, **body: Any) -> dict[str, Any]:
         return self.request("POST", "/api/v1/enrollment-tokens", json=body)
+
+    def revoke_device(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/devices/{quote(name, safe='')}")
 
     # rollouts
 
@@ -131,6 +135,12 @@ class RegistryClient:
 
     def create_token(self, name: str, role: str) -> dict[str, Any]:
         return self.request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/tokens")
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/tokens/{quote(name, safe='')}")
 
     def broker_file(self, name: str) -> str:
         return self.request("GET", f"/api/v1/broker/{name}")

@@ -75,6 +75,27 @@ def test_push_and_the_fleet_commands(capsys, env, signing, tmp_path):
     assert files.code == 0 and (out / "mosquitto.passwd").read_text().count("$7$101$") == 2
     assert "pattern read edgectl/cmd/default/%u/#" in (out / "mosquitto.acl").read_text()
 
+    # Tokens are listed without their secrets; a revoked one stops working at once.
+    assert run(capsys, "rollout", "list", "--token", token["token"]).code == 0
+    listed = run(capsys, "registry", "tokens", "--json").json()
+    assert listed["schema"] == "edgectl.tokens/1"
+    ci = next(t for t in listed["tokens"] if t["name"] == "ci")
+    assert ci == {**ci, "role": "deployer", "revoked_at": None} and "token" not in ci
+    assert token["token"] not in run(capsys, "registry", "tokens").out
+    revoked = run(capsys, "registry", "revoke-token", "ci", "--json").json()
+    assert revoked["schema"] == "edgectl.token-revoked/1" and revoked["revoked_at"] is not None
+    assert "revoked" in run(capsys, "registry", "tokens").out
+    assert_user_error(
+        run(capsys, "rollout", "list", "--token", token["token"]), 2, "missing or invalid API token"
+    )
+
+    # A revoked device leaves the fleet list and the broker's password file.
+    gone = run(capsys, "devices", "revoke", "dev-2", "--json").json()
+    assert gone["schema"] == "edgectl.device/1" and gone["name"] == "dev-2" and gone["revoked"] is True
+    assert [d["name"] for d in run(capsys, "devices", "list", "--json").json()["devices"]] == ["dev-1"]
+    run(capsys, "registry", "broker-files", "--out", out)
+    assert "dev-2:" not in (out / "mosquitto.passwd").read_text()
+
 
 def test_push_errors(capsys, env, signing, tmp_path):
     assert_user_error(run(capsys, "push", tmp_path / "missing.edgebundle"), 2, "not a bundle archive")
@@ -117,6 +138,12 @@ def test_devices_and_registry_errors(capsys, env, tmp_path, monkeypatch):
     assert_user_error(run(capsys, "devices", "show", "ghost"), 2, "no device named 'ghost'")
     assert_user_error(run(capsys, "devices", "enroll", "--name", "Bad Name"), 2, "invalid name")
     assert_user_error(run(capsys, "registry", "token", "x", "--role", "root"), 2, "--role 'root'")
+    assert_user_error(run(capsys, "registry", "revoke-token", "ghost"), 2, "no token named 'ghost'")
+    assert_user_error(run(capsys, "registry", "revoke-token", "../devices"), 2, "not a token name")
+    assert_user_error(run(capsys, "devices", "revoke", "ghost"), 2, "no device named 'ghost'")
+    reader = run(capsys, "registry", "token", "viewer", "--role", "read-only", "--json").json()["token"]
+    assert_user_error(run(capsys, "registry", "tokens", "--token", reader), 2, "admin role")
+    assert_user_error(run(capsys, "devices", "revoke", "ghost", "--token", reader), 2, "admin role")
     assert_user_error(
         run(capsys, "registry", "serve", "--config", tmp_path / "nope.yaml"), 2, "does not exist"
     )

@@ -1,4 +1,4 @@
-"""`edgectl devices list|show|enroll`: the fleet as the registry sees it, and enrollment tokens."""
+"""`edgectl devices list|show|enroll|revoke`: the fleet as the registry sees it, enrollment and revocation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
 
 devices_app = typer.Typer(
-    help="List and inspect fleet devices; create enrollment tokens.", no_args_is_help=True
+    help="List and inspect fleet devices; enroll and revoke them.", no_args_is_help=True
 )
 
 
@@ -107,3 +107,24 @@ def enroll_command(
         emit_json("enrollment-token", created)
     else:
         console.print(f"enrollment token (one use, shown once): {created['token']}")
+
+
+@devices_app.command("revoke")
+def revoke_command(
+    name: Annotated[str, typer.Argument(help="Device id.")],
+    registry: RegistryUrl = DEFAULT_URL,
+    token: RegistryToken = None,
+    as_json: AsJson = False,
+) -> None:
+    """Revoke a device (needs an admin token): its API token and MQTT password stop working at once."""
+    from toolchain.cli.output import console, emit_json
+
+    with registry_client(registry, token) as client:
+        revoked = client.revoke_device(name)
+    if as_json:
+        emit_json("device", revoked)
+    else:
+        console.print(
+            f"revoked device {revoked['name']}: its token no longer works, and the broker's password file "
+            "and ACL no longer list it"
+        )

@@ -1,4 +1,4 @@
-"""`edgectl registry serve|token|broker-files`: run the cloud registry and administer it."""
+"""`edgectl registry serve|token|tokens|revoke-token|broker-files`: run the cloud registry and administer it."""
 
 from __future__ import annotations
 
@@ -91,6 +91,64 @@ def token_command(
         emit_json("token", created)
     else:
         console.print(f"{created['role']} token {created['name']} (shown once): {created['token']}")
+
+
+@registry_app.command("tokens")
+def tokens_command(
+    registry: RegistryUrl = DEFAULT_URL,
+    token: RegistryToken = None,
+    as_json: AsJson = False,
+) -> None:
+    """List API tokens with their roles and whether they are revoked (never their secrets; admin only)."""
+    from rich.table import Table
+
+    from toolchain.cli.output import console, emit_json
+
+    with registry_client(registry, token) as client:
+        rows = client.tokens()
+    if as_json:
+        emit_json("tokens", {"tokens": rows})
+        return
+    table = Table("name", "role", "created", "state")
+    for row in rows:
+        table.add_row(row["name"], row["role"], _when(row["created_at"]), _state(row))
+    console.print(table)
+
+
+@registry_app.command("revoke-token")
+def revoke_token_command(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    registry: RegistryUrl = DEFAULT_URL,
+    token: RegistryToken = None,
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API token (admin only); requests carrying it are refused from now on."""
+    import re
+
+    from toolchain.cli.output import console, emit_json
+    from toolchain.errors import UserInputError
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name):
+        raise UserInputError(
+            f"{name!r} is not a token name (lowercase letters, digits, '.', '_', '-')",
+            hint="list the tokens with `edgectl registry tokens`",
+        )
+    with registry_client(registry, token) as client:
+        revoked = client.revoke_token(name)
+    if as_json:
+        emit_json("token-revoked", revoked)
+    else:
+        console.print(f"{_state(revoked)}: {revoked['role']} token {revoked['name']}")
+
+
+def _when(at: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _state(row: dict) -> str:
+    return f"revoked {_when(row['revoked_at'])}" if row.get("revoked_at") else "active"
 
 
 @registry_app.command("broker-files")
