@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,17 +111,16 @@ class Live:
     data_dir: Path
 
 
-@pytest.fixture
-def live(tmp_path: Path, signing) -> Iterator[Live]:
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app served by uvicorn on a free loopback port while the block runs; yields its URL."""
     import threading
     import time
 
     import uvicorn
 
-    from cloud_registry.main import create_app
     from tests.services import free_port
 
-    app = create_app(make_settings(tmp_path / "registry", signing[1]))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -131,9 +131,20 @@ def live(tmp_path: Path, signing) -> Iterator[Live]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "the registry did not start"
-    yield Live(f"http://127.0.0.1:{port}", app.state.registry, tmp_path / "registry")
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture
+def live(tmp_path: Path, signing) -> Iterator[Live]:
+    from cloud_registry.main import create_app
+
+    app = create_app(make_settings(tmp_path / "registry", signing[1]))
+    with served(app) as url:
+        yield Live(url, app.state.registry, tmp_path / "registry")
 
 
 def secured_broker(tmp_path: Path, public_key: Path, **extra):
@@ -162,3 +173,25 @@ def secured_broker(tmp_path: Path, public_key: Path, **extra):
         **extra,
     )
     return broker, settings
+
+
+@contextlib.contextmanager
+def secured_fleet(tmp_path: Path, public_key: Path, **extra) -> Iterator[tuple[str, object, object]]:
+    """The registry served over HTTP and the broker of `secured_broker`, started in the order that works.
+
+    The registry first (it writes the password file and ACL), then the broker, its pid for the SIGHUPs,
+    then a wait for the registry's subscription: telemetry sent before it is not kept for the registry
+    (update statuses are, retained). Yields (url, registry, broker); stops the registry, then the broker.
+    """
+    from cloud_registry.main import create_app
+    from tests.device_agent.harness import wait_for
+
+    broker, settings = secured_broker(tmp_path, public_key, **extra)
+    app = create_app(settings)
+    with contextlib.ExitStack() as stack:
+        stack.callback(broker.stop)
+        url = stack.enter_context(served(app))
+        broker.start()
+        (tmp_path / "broker.pid").write_text(str(broker.process.pid))
+        wait_for(app.state.registry.link.subscribed.is_set, "the registry's MQTT subscription", 40)
+        yield url, app.state.registry, broker

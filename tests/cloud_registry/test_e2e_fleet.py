@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.cli import run
-from tests.cloud_registry.conftest import ADMIN_TOKEN, secured_broker
+from tests.cloud_registry.conftest import ADMIN_TOKEN, secured_fleet
 from tests.device_agent.harness import wait_for
 from tests.services import free_port
 
@@ -157,34 +157,15 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path, signing, capsys, monkeypatch):
     """Broker + registry (uvicorn, reconciler every 0.3 s) wired like a deployment; the CLI pointed at it."""
-    import uvicorn
-
-    from cloud_registry.main import create_app
-
-    port = free_port()
-    broker, settings = secured_broker(
+    with secured_fleet(
         tmp_path, signing[1], mqtt_client_id="registry-e2e", reconcile_interval_s=0.3, presence_timeout_s=30
-    )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the registry", 30)
-    broker.start()  # reads the files the registry wrote on start; enrollments rewrite them and SIGHUP it
-    (tmp_path / "broker.pid").write_text(str(broker.process.pid))
-    # Devices start only once the registry listens: telemetry sent before its first subscription is not
-    # kept for it (update statuses are, retained; see test_mqtt's late-subscriber test).
-    wait_for(app.state.registry.link.subscribed.is_set, "the registry's MQTT subscription", 40)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("EDGECTL_REGISTRY_URL", url)
-    monkeypatch.setenv("EDGECTL_REGISTRY_TOKEN", ADMIN_TOKEN)
-    stack = Stack(url, app.state.registry, broker, tmp_path, signing[1], capsys)
-    yield stack
-    for agent in stack.agents:
-        agent.stop()
-    server.should_exit = True
-    thread.join(30)
-    broker.stop()
+    ) as (url, registry, broker):
+        monkeypatch.setenv("EDGECTL_REGISTRY_URL", url)
+        monkeypatch.setenv("EDGECTL_REGISTRY_TOKEN", ADMIN_TOKEN)
+        stack = Stack(url, registry, broker, tmp_path, signing[1], capsys)
+        yield stack
+        for agent in stack.agents:
+            agent.stop()
 
 
 def test_staged_rollouts_with_real_agents(stack, signing, tmp_path):

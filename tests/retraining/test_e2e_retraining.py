@@ -24,7 +24,6 @@ import contextlib
 import csv
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -34,12 +33,11 @@ import pytest
 import yaml
 
 from tests.cli import run
-from tests.cloud_registry.conftest import ADMIN_TOKEN, secured_broker
+from tests.cloud_registry.conftest import ADMIN_TOKEN, secured_fleet
 from tests.cloud_registry.test_e2e_fleet import Agent, InferenceLoad
 from tests.device_agent.harness import wait_for
 from tests.retraining.conftest import EDGECTL
 from tests.retraining.digits import input_key, png, shifted, split
-from tests.services import free_port
 
 MODEL = "digits-cnn"
 DRIFT_THRESHOLD = 0.5
@@ -89,12 +87,7 @@ class Feeder(InferenceLoad):
 @pytest.fixture
 def fleet(tmp_path, digits_v1, capsys, monkeypatch):
     """Broker + registry (retraining loop every second, drift scored every second over 4 s of telemetry)."""
-    import uvicorn
-
-    from cloud_registry.main import create_app
-
-    port = free_port()
-    broker, settings = secured_broker(
+    with secured_fleet(
         tmp_path,
         digits_v1.public_key,
         mqtt_client_id="registry-retraining-e2e",
@@ -105,28 +98,16 @@ def fleet(tmp_path, digits_v1, capsys, monkeypatch):
         drift_window_s=4.0,
         jobs_sign_key=digits_v1.signing_key,
         edgectl_command=EDGECTL,
-    )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the registry", 30)
-    broker.start()
-    (tmp_path / "broker.pid").write_text(str(broker.process.pid))
-    # Devices start only once the registry listens: telemetry sent before its first subscription is not
-    # kept for it (update statuses are, retained; see test_mqtt's late-subscriber test).
-    wait_for(app.state.registry.link.subscribed.is_set, "the registry's MQTT subscription", 40)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("EDGECTL_REGISTRY_URL", url)
-    monkeypatch.setenv("EDGECTL_REGISTRY_TOKEN", ADMIN_TOKEN)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's training and builds share two cores with the fleet
-    agents: list[FieldAgent] = []
-    yield url, app.state.registry, broker, agents
-    for agent in agents:
-        agent.stop()
-    server.should_exit = True
-    thread.join(60)
-    broker.stop()
+    ) as (url, registry, broker):
+        monkeypatch.setenv("EDGECTL_REGISTRY_URL", url)
+        monkeypatch.setenv("EDGECTL_REGISTRY_TOKEN", ADMIN_TOKEN)
+        monkeypatch.setenv(
+            "OMP_NUM_THREADS", "1"
+        )  # the job's training and builds share two cores with the fleet
+        agents: list[FieldAgent] = []
+        yield url, registry, broker, agents
+        for agent in agents:
+            agent.stop()
 
 
 def test_drift_on_devices_becomes_a_retrained_version_in_canary_rollout(fleet, digits_v1, capsys, tmp_path):
