@@ -15,6 +15,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = r"^[a-z][a-z0-9_-]{0,63}$"
 TAG_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 GROUP_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+TOKEN_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 Role = Literal["read-only", "deployer", "admin"]
 RolloutState = Literal["running", "paused", "completed", "halted", "aborted", "rolled_back"]
 ACTIVE_ROLLOUT_STATES = ("running", "paused")
@@ -37,7 +38,7 @@ def check_tags(tags: list[str]) -> list[str]:
 
 
 class TokenCreate(_Body):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    name: str = Field(pattern=TOKEN_NAME_RE)
     role: Role
 
 
@@ -127,7 +128,7 @@ class AliasInfo(BaseModel):
 
 
 class EnrollmentTokenCreate(_Body):
-    group: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    group: str | None = Field(default=None, pattern=GROUP_RE)
     tags: list[str] = Field(default_factory=list, max_length=32)
     name: str | None = Field(default=None, description="Pin the device id the token enrolls.")
     ttl_s: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)
@@ -180,7 +181,7 @@ class DeviceInfo(BaseModel):
 
 
 class DeviceUpdate(_Body):
-    group: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    group: str | None = Field(default=None, pattern=GROUP_RE)
     tags: list[str] | None = Field(default=None, max_length=32)
 
     @field_validator("tags")
@@ -209,7 +210,7 @@ class TelemetryPoint(BaseModel):
 
 class Selection(_Body):
     target: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    group: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    group: str | None = Field(default=None, pattern=GROUP_RE)
     tag: str | None = Field(default=None, pattern=TAG_RE)
     devices: list[str] | None = Field(default=None, max_length=100_000, description="Explicit device ids.")
 

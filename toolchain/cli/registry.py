@@ -125,10 +125,11 @@ def revoke_token_command(
     """Revoke an API token (admin only); requests carrying it are refused from now on."""
     import re
 
+    from cloud_registry.schemas import TOKEN_NAME_RE
     from toolchain.cli.output import console, emit_json
     from toolchain.errors import UserInputError
 
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name):
+    if not re.fullmatch(TOKEN_NAME_RE, name):
         raise UserInputError(
             f"{name!r} is not a token name (lowercase letters, digits, '.', '_', '-')",
             hint="list the tokens with `edgectl registry tokens`",
