@@ -99,14 +99,13 @@ def enroll_command(
     as_json: AsJson = False,
 ) -> None:
     """Create a one-time enrollment token for a new device (`edgectl-agent` spends it)."""
-    from toolchain.cli.output import console, emit_json
+    from toolchain.cli.output import emit_or_print
 
     with registry_client(registry, token) as client:
         created = client.enrollment_token(group=group, tags=tag or [], name=name, ttl_s=ttl)
-    if as_json:
-        emit_json("enrollment-token", created)
-    else:
-        console.print(f"enrollment token (one use, shown once): {created['token']}")
+    emit_or_print(
+        as_json, "enrollment-token", created, f"enrollment token (one use, shown once): {created['token']}"
+    )
 
 
 @devices_app.command("revoke")
@@ -117,14 +116,14 @@ def revoke_command(
     as_json: AsJson = False,
 ) -> None:
     """Revoke a device (needs an admin token): its API token and MQTT password stop working at once."""
-    from toolchain.cli.output import console, emit_json
+    from toolchain.cli.output import emit_or_print
 
     with registry_client(registry, token) as client:
         revoked = client.revoke_device(name)
-    if as_json:
-        emit_json("device", revoked)
-    else:
-        console.print(
-            f"revoked device {revoked['name']}: its token no longer works, and the broker's password file "
-            "and ACL no longer list it"
-        )
+    emit_or_print(
+        as_json,
+        "device",
+        revoked,
+        f"revoked device {revoked['name']}: its token no longer works, and the broker's password file "
+        "and ACL no longer list it",
+    )

@@ -22,6 +22,14 @@ def emit_json(kind: str, payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def emit_or_print(as_json: bool, kind: str, data: dict[str, Any], text: str) -> None:
+    """`emit_json(kind, data)` under --json, else `text` for people (one line per line, no wrapping)."""
+    if as_json:
+        emit_json(kind, data)
+    else:
+        console.print(text, highlight=False, soft_wrap=True)
+
+
 def parse_numbers(text: str | None, kind: type, flag: str) -> list | None:
     from toolchain.errors import UserInputError
 

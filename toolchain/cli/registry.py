@@ -78,7 +78,7 @@ def token_command(
     as_json: AsJson = False,
 ) -> None:
     """Create an API token (needs an admin token); it is shown once."""
-    from toolchain.cli.output import console, emit_json
+    from toolchain.cli.output import emit_or_print
     from toolchain.errors import UserInputError
 
     if role not in ("read-only", "deployer", "admin"):
@@ -87,10 +87,8 @@ def token_command(
         )
     with registry_client(registry, token) as client:
         created = client.create_token(name, role)
-    if as_json:
-        emit_json("token", created)
-    else:
-        console.print(f"{created['role']} token {created['name']} (shown once): {created['token']}")
+    text = f"{created['role']} token {created['name']} (shown once): {created['token']}"
+    emit_or_print(as_json, "token", created, text)
 
 
 @registry_app.command("tokens")
@@ -126,7 +124,7 @@ def revoke_token_command(
     import re
 
     from cloud_registry.schemas import TOKEN_NAME_RE
-    from toolchain.cli.output import console, emit_json
+    from toolchain.cli.output import emit_or_print
     from toolchain.errors import UserInputError
 
     if not re.fullmatch(TOKEN_NAME_RE, name):
@@ -136,10 +134,8 @@ def revoke_token_command(
         )
     with registry_client(registry, token) as client:
         revoked = client.revoke_token(name)
-    if as_json:
-        emit_json("token-revoked", revoked)
-    else:
-        console.print(f"{_state(revoked)}: {revoked['role']} token {revoked['name']}")
+    text = f"{_state(revoked)}: {revoked['role']} token {revoked['name']}"
+    emit_or_print(as_json, "token-revoked", revoked, text)
 
 
 def _when(at: float) -> str:
@@ -161,12 +157,11 @@ def broker_files_command(
 ) -> None:
     """Write Mosquitto's password file ($7$ PBKDF2-SHA512 hashes) and ACL for the enrolled fleet."""
     from cloud_registry.mosquitto import write_files
-    from toolchain.cli.output import console, emit_json
+    from toolchain.cli.output import emit_or_print
 
     with registry_client(registry, token) as client:
         passwd, acl = client.broker_file("mosquitto.passwd"), client.broker_file("mosquitto.acl")
     passwd_path, acl_path = write_files(out, passwd, acl)
-    if as_json:
-        emit_json("broker-files", {"password_file": str(passwd_path), "acl_file": str(acl_path)})
-    else:
-        console.print(f"wrote {passwd_path} and {acl_path}; reload the broker (SIGHUP) to apply them")
+    files = {"password_file": str(passwd_path), "acl_file": str(acl_path)}
+    text = f"wrote {passwd_path} and {acl_path}; reload the broker (SIGHUP) to apply them"
+    emit_or_print(as_json, "broker-files", files, text)

@@ -29,15 +29,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(retrain_app, name="retrain")
 
 
-def _emit_or(as_json: bool, kind: str, data: dict[str, Any], text: str) -> None:
-    from toolchain.cli.output import console, emit_json
-
-    if as_json:
-        emit_json(kind, data)
-    else:
-        console.print(text, highlight=False, soft_wrap=True)
-
-
 # --------------------------------------------------------------------------- policies
 
 
@@ -103,10 +94,12 @@ def policy_set(
     as_json: AsJson = False,
 ) -> None:
     """Set MODEL's retraining policy from a file (checked here first, then by the registry)."""
+    from toolchain.cli.output import emit_or_print
+
     policy = read_policy(file)
     with registry_client(registry, token) as client:
         info = client.set_policy(model, policy)
-    _emit_or(as_json, "retrain-policy", info, _policy_text(info))
+    emit_or_print(as_json, "retrain-policy", info, _policy_text(info))
 
 
 @policy_app.command("show")
@@ -114,17 +107,21 @@ def policy_show(
     model: ModelArg, registry: RegistryUrl = DEFAULT_URL, token: RegistryToken = None, as_json: AsJson = False
 ) -> None:
     """MODEL's retraining policy, and what its triggers see now."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         info = client.policy(model)
-    _emit_or(as_json, "retrain-policy", info, _policy_text(info))
+    emit_or_print(as_json, "retrain-policy", info, _policy_text(info))
 
 
 @policy_app.command("delete")
 def policy_delete(model: ModelArg, registry: RegistryUrl = DEFAULT_URL, token: RegistryToken = None) -> None:
     """Remove MODEL's retraining policy (its jobs stay on record)."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         client.delete_policy(model)
-    _emit_or(False, "", {}, f"{model}: retraining policy removed")
+    emit_or_print(False, "", {}, f"{model}: retraining policy removed")
 
 
 # --------------------------------------------------------------------------- sample upload and labels
@@ -155,6 +152,7 @@ def sampling_command(
     from pydantic import ValidationError
 
     from edgewire.device_api import SampleUploadSettings
+    from toolchain.cli.output import emit_or_print
     from toolchain.errors import UserInputError
 
     changes = {
@@ -180,7 +178,7 @@ def sampling_command(
                 ) from None
             info = client.set_sampling(group, settings.model_dump(mode="json"))
     s = info["samples"]
-    _emit_or(
+    emit_or_print(
         as_json,
         "retrain-sampling",
         info,
@@ -347,10 +345,12 @@ def label_command(
     as_json: AsJson = False,
 ) -> None:
     """Upload labels for MODEL's samples: all or nothing (an unknown sample or class refuses the file)."""
+    from toolchain.cli.output import emit_or_print
+
     labels = read_label_file(file)
     with registry_client(registry, token) as client:
         result = client.upload_labels(model, labels, source)
-    _emit_or(
+    emit_or_print(
         as_json,
         "retrain-labels",
         result,
@@ -369,6 +369,7 @@ def source_command(
     as_json: AsJson = False,
 ) -> None:
     """Upload the source model (the weights) of a version: what retraining jobs fine-tune from."""
+    from toolchain.cli.output import emit_or_print
     from toolchain.errors import UserInputError
 
     if not file.is_file():
@@ -377,7 +378,7 @@ def source_command(
         )
     with registry_client(registry, token) as client:
         result = client.upload_source(model, version, file)
-    _emit_or(
+    emit_or_print(
         as_json,
         "retrain-source",
         result,
@@ -420,9 +421,11 @@ def run_command(
     as_json: AsJson = False,
 ) -> None:
     """Queue a retraining job for MODEL now, with its policy's entry point."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         job = client.retrain(model, parent, reason)
-    _emit_or(as_json, "retrain-job", job, _job_text(job))
+    emit_or_print(as_json, "retrain-job", job, _job_text(job))
 
 
 @retrain_app.command("jobs")
@@ -436,9 +439,11 @@ def jobs_command(
     as_json: AsJson = False,
 ) -> None:
     """Retraining jobs, newest first."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         jobs = client.jobs(model, state)
-    _emit_or(as_json, "retrain-jobs", {"jobs": jobs}, "\n".join(_job_text(j) for j in jobs) or "no jobs")
+    emit_or_print(as_json, "retrain-jobs", {"jobs": jobs}, "\n".join(_job_text(j) for j in jobs) or "no jobs")
 
 
 @retrain_app.command("job")
@@ -450,10 +455,14 @@ def job_command(
     as_json: AsJson = False,
 ) -> None:
     """One job: trigger, held-out figures, outcome (and its log)."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         job = client.job(job_id)
         text = client.job_log(job_id) if log else None
-    _emit_or(as_json, "retrain-job", {**job, "log": text}, _job_text(job) + (f"\n{text}" if text else ""))
+    emit_or_print(
+        as_json, "retrain-job", {**job, "log": text}, _job_text(job) + (f"\n{text}" if text else "")
+    )
 
 
 @retrain_app.command("cancel")
@@ -464,9 +473,11 @@ def cancel_command(
     as_json: AsJson = False,
 ) -> None:
     """Cancel a queued or running job."""
+    from toolchain.cli.output import emit_or_print
+
     with registry_client(registry, token) as client:
         job = client.cancel_job(job_id)
-    _emit_or(as_json, "retrain-job", job, _job_text(job))
+    emit_or_print(as_json, "retrain-job", job, _job_text(job))
 
 
 @retrain_app.command("drift")
