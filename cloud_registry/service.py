@@ -149,23 +149,31 @@ class Registry:
 
     # broker files
 
-    def broker_files(self) -> tuple[str, str]:
+    def _broker_users(self) -> tuple[list[mosquitto.BrokerUser], mosquitto.BrokerUser | None]:
+        """(the enrolled devices, the registry's own user when it has one)."""
         with self.factory() as session:
             users = [mosquitto.BrokerUser(name, digest) for name, digest in crud.broker_users(session)]
         registry_user = self.settings.mqtt_username
         if registry_user and self.settings.mqtt_password is not None:
             from cloud_registry.core.security import mosquitto_hash
 
-            users.append(
-                mosquitto.BrokerUser(
-                    registry_user, mosquitto_hash(self.settings.mqtt_password.get_secret_value())
-                )
-            )
-        return mosquitto.password_file(users), mosquitto.acl_file(self.settings.fleet, registry_user)
+            password = self.settings.mqtt_password.get_secret_value()
+            return users, mosquitto.BrokerUser(registry_user, mosquitto_hash(password))
+        return users, None
+
+    def broker_files(self) -> tuple[str, str]:
+        """One password file and ACL for a broker of one listener (the API's files)."""
+        users, registry = self._broker_users()
+        passwd = mosquitto.password_file(users + ([registry] if registry else []))
+        return passwd, mosquitto.acl_file(self.settings.fleet, self.settings.mqtt_username)
 
     def write_broker_files(self) -> None:
+        """The broker's whole config in `mosquitto_dir` (cloud_registry.mosquitto), then a SIGHUP to reload it."""
         if self.settings.mosquitto_dir is None:
             return
         with self._files_lock:
-            passwd, acl = self.broker_files()
-            mosquitto.write_files(self.settings.mosquitto_dir, passwd, acl, self.settings.mosquitto_pid_file)
+            broker = mosquitto.layout(self.settings)
+            users, registry = self._broker_users()
+            mosquitto.write_broker(
+                broker, mosquitto.broker_files(broker, self.settings.fleet, users, registry)
+            )

@@ -227,6 +227,25 @@ class Postgres:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass
+class ConfiguredMosquitto(Mosquitto):
+    """A broker started from a config written elsewhere: the registry's `mosquitto.conf` (cloud_registry.mosquitto).
+
+    `port` is the port it is waited on (the device listener); `workdir` holds only its log.
+    """
+
+    config_file: Path | None = None
+
+    @property
+    def config_path(self) -> Path:
+        assert self.config_file is not None, "ConfiguredMosquitto needs config_file"
+        return self.config_file
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.config_path
+
+
 class RootMosquitto(Mosquitto):
     """A broker that keeps root when started as root (`user root`).
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_FILE_ENV = "EDGECTL_REGISTRY_CONFIG"
@@ -42,7 +42,9 @@ class _FileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGECTL_REGISTRY_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="EDGECTL_REGISTRY_", extra="forbid", hide_input_in_errors=True
+    )
 
     # Storage of records and bytes.
     database_url: str = Field(
@@ -85,10 +87,19 @@ class Settings(BaseSettings):
     device_mqtt_host: str | None = Field(default=None, description="Broker host given to devices.")
     device_mqtt_port: int | None = None
     mosquitto_dir: Path | None = Field(
-        default=None, description="Keep mosquitto.passwd and mosquitto.acl here, rewritten on enrollment."
+        default=None,
+        description="Write the broker's whole config here (mosquitto.conf, its password files and ACLs, "
+        "its database), rewritten on enrollment.",
     )
     mosquitto_pid_file: Path | None = Field(
-        default=None, description="Send SIGHUP to this broker after rewriting its files (reload)."
+        default=None,
+        description="The broker's pid file, sent SIGHUP after its files change; empty: <mosquitto_dir>/mosquitto.pid.",
+    )
+    mosquitto_device_bind: str = Field(
+        default="", description="Address of the broker's device listener; empty: every interface."
+    )
+    mosquitto_autosave_s: int = Field(
+        default=10, ge=1, le=86400, description="How often the broker saves its sessions and messages."
     )
 
     # Ingest and rollouts.
@@ -130,6 +141,14 @@ class Settings(BaseSettings):
         from edgewire.topics import check_id
 
         return check_id(value, "fleet id")
+
+    @model_validator(mode="after")
+    def _broker(self) -> Settings:
+        if self.mosquitto_dir is not None:
+            from cloud_registry.mosquitto import layout
+
+            layout(self)  # ValueError when these settings cannot make the broker's config
+        return self
 
     @field_validator("edgectl_command", mode="before")
     @classmethod

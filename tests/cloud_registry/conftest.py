@@ -148,26 +148,25 @@ def live(tmp_path: Path, signing) -> Iterator[Live]:
 
 
 def secured_broker(tmp_path: Path, public_key: Path, **extra):
-    """A broker that will load the password file and ACL the registry writes, and the registry's settings.
+    """A broker that will start from the config the registry writes (cloud_registry.mosquitto), and the registry's settings.
 
-    Start the registry first (it writes the files on start), then `broker.start()`, then write the broker's
-    pid to `tmp_path / "broker.pid"`, so that each enrollment's rewrite reaches the broker as a SIGHUP.
+    Start the registry first (it writes mosquitto.conf, password files and ACLs on start), then `broker.start()`.
+    `broker.port` is the device listener; the registry connects to its own listener (`settings.mqtt_port`). The
+    broker writes its pid to `tmp_path / "broker.pid"`, so each enrollment's rewrite reaches it as a SIGHUP.
     """
-    from tests.services import RootMosquitto
+    from tests.services import ConfiguredMosquitto, free_port
 
     mosquitto_dir = tmp_path / "mq"
-    broker = RootMosquitto(
-        tmp_path / "broker",
-        password_file=mosquitto_dir / "mosquitto.passwd",
-        acl_file=mosquitto_dir / "mosquitto.acl",
-    )
+    broker = ConfiguredMosquitto(tmp_path / "broker", config_file=mosquitto_dir / "mosquitto.conf")
     settings = make_settings(
         tmp_path / "registry",
         public_key,
         mqtt_host="127.0.0.1",
-        mqtt_port=broker.port,
+        mqtt_port=free_port(),
         mqtt_username="registry",
         mqtt_password="registry-secret-0123456789",
+        device_mqtt_port=broker.port,
+        mosquitto_device_bind="127.0.0.1",
         mosquitto_dir=mosquitto_dir,
         mosquitto_pid_file=tmp_path / "broker.pid",
         **extra,
@@ -192,6 +191,5 @@ def secured_fleet(tmp_path: Path, public_key: Path, **extra) -> Iterator[tuple[s
         stack.callback(broker.stop)
         url = stack.enter_context(served(app))
         broker.start()
-        (tmp_path / "broker.pid").write_text(str(broker.process.pid))
         wait_for(app.state.registry.link.subscribed.is_set, "the registry's MQTT subscription", 40)
         yield url, app.state.registry, broker

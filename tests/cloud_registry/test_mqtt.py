@@ -278,8 +278,7 @@ def test_generated_password_file_and_acl_confine_each_device(tmp_path, signing):
     app = create_app(settings)
     with TestClient(app) as client:
         api = Api(client, app.state.registry, tmp_path / "registry")
-        broker.start()  # reads the files the registry wrote on start
-        (tmp_path / "broker.pid").write_text(str(broker.process.pid))
+        broker.start()  # from the config the registry wrote on start; it writes the pid file the SIGHUPs use
         a, b = api.enroll("dev-a"), api.enroll("dev-b")  # each enrollment rewrites the files and SIGHUPs
         assert api.registry.link.subscribed.wait(30)
         time.sleep(0.5)  # the reload is asynchronous
