@@ -165,6 +165,7 @@ def config_file(broker: BrokerLayout, run_as: str | None = None) -> str:
         f"autosave_interval {broker.autosave_s}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "log_dest stderr",
+        *(f"log_type {kind}" for kind in ("error", "warning", "notice")),  # not each autosave
         "per_listener_settings true",
         "",
         "# Devices: the client id is the username (the device id), so nobody takes another's session.",
