@@ -29,20 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def enroll_fleet(registry, devices: int) -> list[str]:
-    from cloud_registry import crud
-    from cloud_registry.schemas import EnrollmentTokenCreate
-    from edgewire.device_api import EnrollRequest
+    from tests.cloud_registry.mqtt_sim import enroll_devices
 
-    names = [f"sim-{i:05d}" for i in range(devices)]
-    with registry.factory() as session, session.begin():
-        for name in names:
-            _, secret = crud.create_enrollment_token(
-                session, body=EnrollmentTokenCreate(), created_by="bench", default_ttl_s=60
-            )
-            crud.enroll_device(
-                session, request=EnrollRequest(token=secret, name=name, target="cpu"), fleet="default"
-            )
-    return names
+    return enroll_devices(registry, [f"sim-{i:05d}" for i in range(devices)], created_by="bench")
 
 
 def stored(registry) -> int:

@@ -3,10 +3,18 @@
 Messages arrive on paho's thread and wait in a bounded queue; one writer
 thread takes up to `ingest_batch_size` of them (or whatever came within
 `ingest_flush_s`), writes them in one transaction, and only then acknowledges
-them to the broker. A failed write is retried with the same batch. Payloads
-that do not parse, name another device than their topic, or come from
-unknown devices are logged (without their content) and dropped; a message
-id seen before is dropped silently (QoS 1 redelivers, agents resend).
+them to the broker. No single message can stop ingest:
+- every message is checked before it joins a batch (`storable`: numbers within
+  their columns, texts within their lengths and free of NUL, finite floats);
+  payloads that do not parse, name another device than their topic, or come
+  from unknown devices are dropped the same way;
+- a batch the database still refuses with a data error is split in halves
+  until the message it refuses is alone; that one is dropped as poison;
+- only a database that is unreachable (`OperationalError`, a lost connection)
+  is retried, with the same batch and a back-off up to 30 s.
+Dropped messages are counted, logged with their kind and device (never their
+content) and acknowledged, so the broker does not deliver them again; a
+message id seen before is dropped silently (QoS 1 redelivers, agents resend).
 
 `apply_messages` is also what the device API's HTTP fallbacks call.
 """
@@ -14,11 +22,14 @@ id seen before is dropped silently (QoS 1 redelivers, agents resend).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +41,9 @@ from edgewire.topics import parse_topic
 
 log = logging.getLogger("cloud_registry.ingest")
 
+INT32_MIN, INT64_MIN = -(2**31), -(2**63)
+MODEL_NAME_MAX = 128  # the model-name columns (telemetry, update events, devices)
+
 
 @dataclass
 class IngestStats:
@@ -37,8 +51,9 @@ class IngestStats:
     stored: int = 0
     duplicates: int = 0
     dropped: int = 0
+    poison: int = 0  # dropped because the database refused them (counted in `dropped` too)
     batches: int = 0
-    errors: int = 0
+    errors: int = 0  # failed attempts to write (database down, or a batch with a poison message)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -53,21 +68,59 @@ class Incoming:
     parsed: object = field(default=None)
 
 
-def fits_columns(message: Presence | Telemetry | UpdateStatus) -> bool:
-    """The wire allows any integer; the database columns do not. Out-of-range values are refused, not stored."""
+def _unstorable_value(value: object) -> str | None:
+    """What no column (nor JSON column) of any database can hold, anywhere in a message."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else "an integer beyond 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a number that is not finite"
+    if isinstance(value, str):
+        return "a NUL character" if "\x00" in value else None
+    if isinstance(value, BaseModel):
+        value = [getattr(value, name) for name in type(value).model_fields]
+    elif isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        for item in value:
+            problem = _unstorable_value(item)
+            if problem:
+                return problem
+    return None
+
+
+def unstorable(message: Presence | Telemetry | UpdateStatus) -> str | None:
+    """Why the database would refuse this message (a short reason without its content); None when it fits.
+
+    The wire allows any integer and any text length; the columns do not, and PostgreSQL refuses NUL in
+    text. Checked before a message joins a batch, so one message never fails the batch of others.
+    """
     small: list[int | None] = []
+    names: list[str | None] = []
     if isinstance(message, Presence):
         small = [message.session, message.model.version if message.model else None]
+        names = [message.model.name if message.model else None]
     elif isinstance(message, Telemetry):
         small = [
             message.inference.count,
             message.inference.errors,
             message.model.version if message.model else None,
         ]
+        names = [message.model.name if message.model else None]
     elif isinstance(message, UpdateStatus):
         small = [message.from_version, message.to_version, message.rollout_id]
-    big = [getattr(message, "seq", None)]
-    return all(v is None or v <= INT32_MAX for v in small) and all(v is None or v <= INT64_MAX for v in big)
+        names = [message.model]
+    if any(v is not None and not INT32_MIN <= v <= INT32_MAX for v in small):
+        return "a number beyond its 32-bit column"
+    if any(v is not None and len(v) > MODEL_NAME_MAX for v in names):
+        return f"a model name over {MODEL_NAME_MAX} characters"
+    return _unstorable_value(message)
+
+
+def fits_columns(message: Presence | Telemetry | UpdateStatus) -> bool:
+    """The wire allows any integer; the database columns do not. Out-of-range values are refused, not stored."""
+    return unstorable(message) is None
 
 
 def parse_incoming(item: Incoming) -> Presence | Telemetry | UpdateStatus | None:
@@ -187,27 +240,82 @@ class IngestWriter:
                 self.queue.task_done()
 
     def write(self, batch: list[Incoming]) -> None:
+        """Check, store and acknowledge one batch; returns without acknowledging only when stopping."""
         self.stats.received += len(batch)
         parsed = []
         for item in batch:
             message = parse_incoming(item)
             if message is None:
                 self.stats.dropped += 1
-            else:
-                parsed.append(message)
-        delay = 0.5
-        while True:
-            try:
-                with self.factory() as session, session.begin():
-                    apply_messages(session, parsed, self.stats)
-                break
-            except Exception:
-                self.stats.errors += 1
-                log.exception("ingest batch of %d failed; retrying in %.1f s", len(parsed), delay)
-                if self._stop.wait(delay):
-                    return  # shutting down: unacknowledged messages are redelivered to the next session
-                delay = min(delay * 2, 30)
+                continue
+            problem = unstorable(message)
+            if problem is not None:
+                self.stats.dropped += 1
+                log.warning(
+                    "dropped a %s message from %s/%s: %s",
+                    message.kind,
+                    message.fleet,
+                    message.device,
+                    problem,
+                )
+                continue
+            parsed.append(message)
+        if not self._store(parsed):
+            return  # shutting down: unacknowledged messages are redelivered to the next session
         self.stats.batches += 1
         if self.ack is not None:
             for item in batch:
                 self.ack(item.mid, item.qos)
+
+    def _store(self, messages: list[Presence | Telemetry | UpdateStatus]) -> bool:
+        """Commit these messages, isolating any the database refuses; False only when stopping."""
+        if not messages:
+            return True
+        delay = 0.5
+        while True:
+            attempt = IngestStats()  # merged only once committed, so a failed try counts nothing twice
+            try:
+                with self.factory() as session, session.begin():
+                    apply_messages(session, messages, attempt)
+            except Exception as exc:
+                self.stats.errors += 1
+                if not database_unavailable(exc):
+                    return self._split(messages, exc)
+                log.error(
+                    "ingest: the database is unavailable (%s); retrying %d messages in %.1f s",
+                    type(exc).__name__,
+                    len(messages),
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, 30)
+                continue
+            for name in ("stored", "duplicates", "dropped"):
+                setattr(self.stats, name, getattr(self.stats, name) + getattr(attempt, name))
+            return True
+
+    def _split(self, messages: list[Presence | Telemetry | UpdateStatus], exc: Exception) -> bool:
+        """A data error: halve the batch until the refused message is alone, then drop it as poison."""
+        if len(messages) == 1:
+            message = messages[0]
+            self.stats.dropped += 1
+            self.stats.poison += 1
+            # The exception's text may quote the message's values: name its type only.
+            log.warning(
+                "dropped a %s message from %s/%s that the database refused (%s)",
+                message.kind,
+                message.fleet,
+                message.device,
+                type(exc).__name__,
+            )
+            return True
+        middle = len(messages) // 2
+        return self._store(messages[:middle]) and self._store(messages[middle:])
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a database that is down or unreachable (retry later); False for one that refuses the data."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError)
