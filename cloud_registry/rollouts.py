@@ -265,6 +265,9 @@ def _revert(
         if entry.wave > rollout.current_wave or entry.state == "pending":
             continue
         device = entry.device
+        # A device whose update failed keeps that state (it is what the failure rate counted); it is still
+        # ordered back, so that its desired state is the version it runs.
+        keep_state = entry.state in FAILED_STATES
         previous = None
         if entry.from_version is not None:
             previous_version = next((v for v in model.versions if v.version == entry.from_version), None)
@@ -273,13 +276,15 @@ def _revert(
             # Nothing to go back to: stop asking for the new version and leave the device as it is.
             device.desired = None
             publications.append(Publication(device.fleet, device.name, None))
-            entry.state, entry.reason = "reverted", "no previous version to return to; desired cleared"
+            if not keep_state:
+                entry.state, entry.reason = "reverted", "no previous version to return to; desired cleared"
             continue
         order = sign_rollback(
             command_key, device=device.name, model=model.name, version=entry.from_version, reason=reason
         )
-        entry.update_id = _update_id(rollout.id, entry.device_id, entry.from_version, kind="b")
-        entry.state, entry.reason = "reverting", reason
+        update_id = _update_id(rollout.id, entry.device_id, entry.from_version, kind="b")
+        if not keep_state:
+            entry.update_id, entry.state, entry.reason = update_id, "reverting", reason
         publications.append(
             crud.set_desired(
                 session,
@@ -287,7 +292,7 @@ def _revert(
                 model=model.name,
                 artifact=previous,
                 version=entry.from_version,
-                update_id=entry.update_id,
+                update_id=update_id,
                 public_url=public_url,
                 rollout_id=rollout.id,
                 rollback=order,
@@ -539,6 +544,36 @@ class Reconciler:
 
 # --------------------------------------------------------------------------- reading
 
+FAILED_UPDATE_STATES = ("FAILED", "ROLLED_BACK", "REJECTED")
+
+
+def update_outcomes(session: Session, rollout: m.Rollout) -> dict[int, str]:
+    """How each device's update to the rollout's version ended ("succeeded" or "failed"), by device id.
+
+    Read from the devices' update statuses, so a revert afterwards (a halted wave) does not hide it.
+    """
+    prefix = f"r{rollout.id}-u{rollout.version.version}-d"
+    outcomes: dict[int, str] = {}
+    rows = session.execute(
+        select(m.UpdateEvent.device_id, m.UpdateEvent.state)
+        .where(m.UpdateEvent.rollout_id == rollout.id, m.UpdateEvent.update_id.startswith(prefix))
+        .order_by(m.UpdateEvent.id)
+    )
+    for device_id, state in rows:
+        if device_id in outcomes:
+            continue  # the first final state is the outcome, as for the rollout entry
+        if state == "SUCCEEDED":
+            outcomes[device_id] = "succeeded"
+        elif state in FAILED_UPDATE_STATES:
+            outcomes[device_id] = "failed"
+    for entry in rollout.devices:  # failures without a status (no artifact for its target), and successes
+        if entry.device_id not in outcomes:
+            if entry.state in FAILED_STATES:
+                outcomes[entry.device_id] = "failed"
+            elif entry.state == "succeeded":
+                outcomes[entry.device_id] = "succeeded"
+    return outcomes
+
 
 def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> schemas.RolloutInfo:
     counts: dict[str, int] = {}
@@ -556,9 +591,10 @@ def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> 
         .order_by(m.RolloutDecision.id)
         .limit(decisions)
     )
+    outcomes = update_outcomes(session, rollout)
     waves = []
     for wave in rollout.wave_rows:
-        entries = [e for e in rollout.devices if e.wave == wave.index]
+        entries = [outcomes.get(e.device_id) for e in rollout.devices if e.wave == wave.index]
         waves.append(
             schemas.WaveInfo(
                 index=wave.index,
@@ -568,8 +604,8 @@ def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> 
                 started_at=wave.started_at,
                 healthy_since=wave.healthy_since,
                 completed_at=wave.completed_at,
-                succeeded=sum(e.state == "succeeded" for e in entries),
-                failed=sum(e.state in FAILED_STATES for e in entries),
+                succeeded=entries.count("succeeded"),
+                failed=entries.count("failed"),
             )
         )
     return schemas.RolloutInfo(

@@ -321,8 +321,10 @@ class WaveInfo(BaseModel):
     started_at: float | None
     healthy_since: float | None
     completed_at: float | None
-    succeeded: int
-    failed: int
+    succeeded: int = Field(description="Devices whose update to this version succeeded (reverted or not).")
+    failed: int = Field(
+        description="Devices whose update failed, was rolled back or rejected (reverted or not)."
+    )
 
 
 class DecisionInfo(BaseModel):
