@@ -9,13 +9,21 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud_registry.core.files import private_file
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # Token and password hashes, telemetry: 0600 in a 0700 folder (SQLite gives its -wal and
+            # -shm files the database file's mode).
+            database = Path(url.removeprefix("sqlite:///"))
+            private_file(database)
+            for suffix in ("-wal", "-shm"):
+                if database.with_name(database.name + suffix).exists():
+                    private_file(database.with_name(database.name + suffix))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

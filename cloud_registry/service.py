@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cloud_registry import crud, db, mosquitto
 from cloud_registry.core.config import Settings
+from cloud_registry.core.files import private_dir
 from cloud_registry.crud import Publication
 from cloud_registry.ingest import Incoming, IngestWriter
 from cloud_registry.jobs.manager import JobManager
@@ -55,6 +56,7 @@ def public_pem(key: Ed25519PrivateKey) -> str:
 class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_dir(settings.data_dir)  # 0700: the database, the command key, artifacts, job folders
         self.engine = db.make_engine(settings.sqlalchemy_url)
         self.factory = db.session_factory(self.engine)
         self.store: ArtifactStore = make_store(settings)
