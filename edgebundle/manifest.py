@@ -145,14 +145,26 @@ class Fidelity(_Model):
 
 
 class LayerRepair(_Model):
-    method: Literal["keep-float", "int16-activations", "none"] = Field(
+    method: Literal["keep-float", "decode-tail-float", "int16-activations", "none"] = Field(
         default="keep-float",
-        description="keep-float: the listed layers stay in float; int16-activations: INT8 weights with int16 "
-        "activations; none: no repair passed the gate.",
+        description="keep-float: the listed layers (and a detector's decode tail) stay in float; "
+        "decode-tail-float: only a detector's decode tail stays in float; int16-activations: INT8 weights "
+        "with int16 activations (only when asked for); none: no repair was needed, or none passed the gate "
+        "(the report's `passed` says which).",
     )
     layers_kept_float: list[str]
     candidates_ranked: int
     attempts: list[dict[str, float | int | str]] = Field(default_factory=list)
+    decode_tail_float: list[str] = Field(
+        default_factory=list,
+        description="A detector's decode-tail ops (after its last feature maps) kept in float by rule, not ranked.",
+    )
+    activation_bits: Literal[8, 16] = Field(default=8, description="Bits of the quantized activations.")
+    p50_vs_fp32: float | None = Field(
+        default=None,
+        description="Host p50 latency of the shipped artifact over its runtime's FP32 artifact, measured in one "
+        "process with the runs interleaved; None where the runtime does not run on the build host.",
+    )
 
 
 class ValidationReport(_Model):

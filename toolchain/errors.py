@@ -53,3 +53,11 @@ class AccuracyGateError(EdgectlError):
     """The artifact loses more accuracy than --max-drop allows, even after repair."""
 
     exit_code = 3
+
+    # the validation report of the best attempt, and the table of every attempt, when there was a search
+    report = None
+    attempts: list[dict] | None = None
+
+
+class Int8TooSlowError(AccuracyGateError):
+    """INT8 held the accuracy budget only in a form slower than the runtime's FP32 artifact."""

@@ -9,10 +9,12 @@ complete: a failed build leaves no partial bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +40,7 @@ from toolchain.converters import CONVERTERS, BuildContext, get_converter
 from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
 from toolchain.sources import is_tensorflow_source
+from toolchain.speed import host_threads, relative_latency
 from toolchain.validate import EvalData, align_outputs, judge, task_metrics
 
 # The opset we export at unless a target's ceiling is lower: wide support across runtimes.
@@ -76,6 +79,7 @@ class BuildRequest(BaseModel):
     parent_version: int | None = Field(default=None, ge=1)
     training_data: str | None = Field(default=None, max_length=1000)
     trigger: str | None = Field(default=None, max_length=100)
+    int16_activations: bool = False  # TFLite: allow int16 activations (reference kernels, slower than FP32)
 
     @field_validator("input_shape")
     @classmethod
@@ -289,6 +293,12 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             outputs = run_all(open_runner(runtime_for(path), path), inputs)
             return align_outputs(references[fp32_path][2], outputs)
 
+        speed = None
+        if runs_on_host(profile.runtime) and sensitivity_inputs is not None:
+            speed = partial(
+                relative_latency, sample=sensitivity_inputs[:1], threads=host_threads(profile.threads)
+            )
+
         workdir = Path(tempfile.mkdtemp(prefix=".edgectl-work-", dir=req.out))
         staging = Path(tempfile.mkdtemp(prefix=".edgectl-staging-", dir=req.out))
         try:
@@ -312,8 +322,10 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 labels=labels,
                 nms=source.nms,
                 palettize=req.palettize,
+                speed=speed,
+                int16_activations=req.int16_activations,
             )
-            converted = converter.convert(ctx)
+            converted, precision, fallback_note = _convert(converter, ctx, req.precision)
             from toolchain.benchmark import benchmark
 
             artifacts = []
@@ -323,7 +335,8 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     reporter.stage(f"{profile.name}: validating {item.path.name}")
                     report = evaluate(item.path)
                 if report is not None:
-                    update = {"notes": report.notes + item.notes}
+                    extra = [fallback_note] if fallback_note and index == 0 else []
+                    update = {"notes": report.notes + item.notes + extra}
                     if item.repair is not None and report.repair is None:
                         update["repair"] = item.repair
                     report = report.model_copy(update=update)
@@ -431,6 +444,28 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     return results
 
 
+def _convert(converter, ctx: BuildContext, asked: str):
+    """Convert; under `--precision auto`, an INT8 that breaks the budget or is slower than FP32 gives way.
+
+    Returns the result, the precision it has, and the note that says why it is not INT8 (or None).
+    With `--precision int8` the error stands, with the table of attempts.
+    """
+    try:
+        converted = converter.convert(ctx)
+        report = converted.validation
+        if ctx.precision == "int8" and report is not None and not report.passed:
+            raise _gate_error(ctx.profile, "int8", report, converted.artifacts[0].path.name)
+        return converted, ctx.precision, None
+    except AccuracyGateError as exc:
+        if asked != "auto" or ctx.precision != "int8":
+            raise
+        fallback = "fp16" if "fp16" in ctx.profile.precisions else "fp32"
+        workdir = Path(tempfile.mkdtemp(prefix="fallback-", dir=ctx.workdir))
+        converted = converter.convert(dataclasses.replace(ctx, precision=fallback, workdir=workdir))
+        note = f"--precision auto shipped {fallback}, not int8: {exc.message}"
+        return converted, fallback, note
+
+
 def _copy_into(source: Path, dest: Path) -> None:
     """Copy a file, or a folder of files (a Core ML .mlpackage), into the staging folder."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -507,5 +542,6 @@ def _gate_error(
         f"{profile.name} {precision}{which}: {what} breaks --max-drop {report.max_drop_points}{repaired}",
         hint="give more representative --calib data, raise --max-drop, or build --precision fp32",
     )
-    error.report = report  # type: ignore[attr-defined]
+    error.report = report
+    error.attempts = report.repair.attempts if report.repair else None
     return error

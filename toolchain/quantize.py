@@ -15,11 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgebundle.manifest import LayerRepair, ValidationReport
+from edgebundle.manifest import ValidationReport
 from toolchain.deps import require
+
+if TYPE_CHECKING:
+    from toolchain.repair import Int8Search
+    from toolchain.speed import SpeedCheck
 
 # Op types whose quantization we rank and may keep in float. ORT quantizes more
 # (its registry has a default for the rest); these carry weights or mix ranges.
@@ -168,13 +173,6 @@ def quantize_int8(
     return out_path
 
 
-@dataclass
-class RepairedInt8:
-    path: Path
-    report: ValidationReport
-    repair: LayerRepair | None
-
-
 def int8_with_repair(
     fp32_onnx: Path,
     workdir: Path,
@@ -186,12 +184,17 @@ def int8_with_repair(
     sample_outputs: Callable[[Path], list[np.ndarray]],
     sample_reference: list[np.ndarray],
     progress: Callable[[str, int, int], None],
-) -> RepairedInt8:
-    """Quantize the whole graph; if the gate fails, keep the measured-sensitive layers in float until it holds.
+    detector: bool = False,
+    speed: Callable[[Path], SpeedCheck] | None = None,
+) -> Int8Search:
+    """Quantize the graph (a detector's decode tail in float); if the gate fails, keep the measured-sensitive
+    layers in float until it holds (`toolchain.repair.int8_search`).
 
-    The result's report is the best attempt's; whether it passed is for the pipeline to judge.
+    The result's report is the best attempt's; whether it passed, and whether it is fast enough, is for the
+    caller to judge.
     """
     from toolchain import repair
+    from toolchain.detector_head import onnx_decode_tail
 
     prepared = prepare(fp32_onnx, workdir / "prepared.onnx")
     cache = workdir / "calibration.json"
@@ -199,38 +202,23 @@ def int8_with_repair(
 
     def quantize_keep_float(keep: list[str]) -> Path:
         out = workdir / f"int8-{next(counter)}.onnx"
-        return quantize_int8(prepared, out, calibration, input_name, cache, keep_float=keep, config=config)
-
-    progress("calibrate + quantize", 0, 1)
-    full = quantize_keep_float([])
-    report = evaluate(full)
-    progress("calibrate + quantize", 1, 1)
-    if report.passed:
-        return RepairedInt8(full, report, None)
+        progress("calibrate + quantize", 0, 1)
+        quantize_int8(prepared, out, calibration, input_name, cache, keep_float=keep, config=config)
+        progress("calibrate + quantize", 1, 1)
+        return out
 
     def quantize_only(node: str) -> Path:
         out = workdir / "probe.onnx"
         return quantize_int8(prepared, out, calibration, input_name, cache, only=[node], config=config)
 
-    ranked = repair.rank_layers(
-        quantizable_nodes(prepared, config),
-        quantize_only,
-        sample_outputs,
-        sample_reference,
-        progress=lambda done, total: progress("rank layer sensitivity", done, total),
-    )
-    outcome = repair.search_keep_float([name for name, _ in ranked], quantize_keep_float, evaluate)
-    metric = report.metric or "cosine"
-    full_int8 = {
-        "kept_float": 0,
-        metric: report.artifact.get(metric, report.fidelity.cosine),
-        "passed": "false",
-    }
-    layer_repair = outcome.summary(len(ranked))
-    layer_repair.attempts.insert(0, full_int8)
-    path = full
-    if outcome.path is not None:
-        path, report = outcome.path, outcome.report
-    else:
-        report = outcome.report or report
-    return RepairedInt8(path, report.model_copy(update={"repair": layer_repair}), layer_repair)
+    def rank(excluded: list[str]) -> list[tuple[str, float]]:
+        return repair.rank_layers(
+            [n for n in quantizable_nodes(prepared, config) if n not in excluded],
+            quantize_only,
+            sample_outputs,
+            sample_reference,
+            progress=lambda done, total: progress("rank layer sensitivity", done, total),
+        )
+
+    tail = onnx_decode_tail(prepared) if detector else []
+    return repair.int8_search(quantize_keep_float, evaluate, rank, fixed_float=tail, speed=speed)

@@ -1,9 +1,10 @@
-"""A YOLO detector from an Ultralytics yaml, trained here, through `edgectl build --target cpu --precision int8`.
+"""A YOLO detector from an Ultralytics yaml, trained here, through `edgectl build --precision int8`.
 
-The acceptance case of the accuracy gate: ONNX Runtime's static INT8 over the
-whole YOLO graph destroys the class scores (the head concatenates pixel boxes
-and 0..1 scores under one scale). The gate must catch it and the repair must
-fix it by measurement.
+Full-integer INT8 of the whole YOLO graph destroys the class scores (the head concatenates pixel
+boxes and 0..1 scores under one scale): 0.0 mAP50-95 on ONNX Runtime and LiteRT. The decode tail
+after the last feature maps stays in float from the first attempt (`toolchain.detector_head`), and
+the result must hold `--max-drop 1.0` while being faster than FP32 on the build host (the build
+refuses a slower INT8, so a passing build is a measured "faster").
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from tests.cli import run
 pytestmark = pytest.mark.slow
 
 
-def test_int8_yolo_build_reports_map_and_repairs_the_head(yolo, keys, tmp_path, capsys):
+def _build(capsys, yolo, keys, out, target: str, *extra):
     checkpoint, data_yaml = yolo
     result = run(
         capsys,
         "build",
         checkpoint,
         "--target",
-        "cpu",
+        target,
         "--precision",
         "int8",
         "--calib",
@@ -33,32 +34,39 @@ def test_int8_yolo_build_reports_map_and_repairs_the_head(yolo, keys, tmp_path, 
         "--val",
         data_yaml,
         "--max-drop",
-        "5",
+        "1.0",
         "--sign-key",
         keys[0],
         "--out",
-        tmp_path,
+        out,
         "--name",
         "shapes",
+        "--bench-runs",
+        "10",
         "--json",
+        *extra,
     )
     assert result.code == 0, result.err
     (bundle,) = result.json()["bundles"]
     report = bundle["validation"]
     assert report["task"] == "detect" and report["metric"] == "mAP50-95" and report["data"] == "val"
+    assert report["reference"]["mAP50-95"] > 20.0  # the detector learned something real
+    assert report["passed"] and report["drop_points"] <= 1.0
+    repair = report["repair"]
+    assert repair["method"] in ("decode-tail-float", "keep-float") and repair["activation_bits"] == 8
+    first = repair["attempts"][0]
+    assert first["method"] == "decode-tail-float" and first["kept_float"] == len(repair["decode_tail_float"])
+    assert all("p50_vs_fp32" in row for row in repair["attempts"])  # every attempt timed
+    assert repair["p50_vs_fp32"] <= 1.0
+    return report, repair
+
+
+def test_int8_yolo_for_cpu_keeps_only_the_decode_tail_float(yolo, keys, tmp_path, capsys):
+    report, repair = _build(capsys, yolo, keys, tmp_path, "cpu")
     assert set(report["reference"]) >= {"mAP50-95", "mAP50"} and set(report["artifact"]) >= {
         "mAP50-95",
         "mAP50",
     }
-    assert report["reference"]["mAP50-95"] > 20.0  # the detector learned something real
-    assert report["passed"] and report["drop_points"] <= 5.0
-
-    repair = report["repair"]
-    assert repair is not None, "full-graph INT8 passed the gate: the known failure was not reproduced"
-    full_int8 = repair["attempts"][0]
-    assert full_int8["kept_float"] == 0 and full_int8["mAP50-95"] < 5.0  # caught, not shipped
-    assert repair["layers_kept_float"]
-    # the most sensitive layer is, by measurement, the node that writes the model's output
     from edgebundle import read_manifest
 
     manifest = read_manifest(tmp_path / "shapes-v1-cpu")
@@ -66,46 +74,18 @@ def test_int8_yolo_build_reports_map_and_repairs_the_head(yolo, keys, tmp_path, 
     assert manifest.preprocessing.resize_mode == "letterbox"
     graph = onnx.load(str(tmp_path / "shapes-v1-cpu" / "model.onnx")).graph
     output_producer = next(n for n in graph.node if graph.output[0].name in n.output)
-    assert output_producer.name == repair["layers_kept_float"][0]
-    assert output_producer.op_type == "Concat"
-    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 50  # most of the graph stays INT8
+    assert output_producer.op_type == "Concat" and output_producer.name in repair["decode_tail_float"]
+    # the tail is the decode arithmetic only (about 24 of 300 nodes); the convolutions are INT8
+    assert len(repair["decode_tail_float"]) < 40
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 50
+    quantized_convs = {n.input[0] for n in graph.node if n.op_type == "Conv"} & {
+        n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
+    }
+    assert len(quantized_convs) > 50  # nearly every conv reads an int8 activation
 
 
-def test_int8_yolo_for_rpi5_is_repaired_not_shipped_at_zero_map(yolo, keys, tmp_path, capsys):
-    """Full-integer TFLite zeroes the detector (the ecosystem's known failure); the repair brings it back."""
-    checkpoint, data_yaml = yolo
-    result = run(
-        capsys,
-        "build",
-        checkpoint,
-        "--target",
-        "rpi5",
-        "--calib",
-        data_yaml.parent / "images" / "train",
-        "--calib-limit",
-        "64",
-        "--val",
-        data_yaml,
-        "--max-drop",
-        "5",
-        "--sign-key",
-        keys[0],
-        "--out",
-        tmp_path,
-        "--name",
-        "shapes",
-        "--json",
-    )
-    assert result.code == 0, result.err
-    (bundle,) = result.json()["bundles"]
-    report = bundle["validation"]
-    assert report["metric"] == "mAP50-95" and report["reference"]["mAP50-95"] > 20.0
-    assert report["passed"] and report["drop_points"] <= 5.0
-    repair = report["repair"]
-    assert repair is not None and repair["method"] in ("keep-float", "int16-activations")
-    full_int8 = repair["attempts"][0]
-    assert full_int8["method"] == "full-int8" and full_int8["mAP50-95"] < 5.0
-
+def test_int8_yolo_for_rpi5_is_full_integer_xnnpack_int8_not_int16(yolo, keys, tmp_path, capsys):
+    _build(capsys, yolo, keys, tmp_path, "rpi5")
     from edgebundle import read_manifest
 
     manifest = read_manifest(tmp_path / "shapes-v1-rpi5")
@@ -114,3 +94,9 @@ def test_int8_yolo_for_rpi5_is_repaired_not_shipped_at_zero_map(yolo, keys, tmp_
     assert artifact.inputs[0].dtype == "int8"  # the image goes in as int8 ...
     assert artifact.outputs[0].dtype == "float32"  # ... and the boxes and scores come out in float
     assert manifest.preprocessing.layout == "NHWC" and manifest.preprocessing.resize_mode == "letterbox"
+    from toolchain.tflite_quantize import tensor_table
+
+    ops = tensor_table((tmp_path / "shapes-v1-rpi5" / "model_int8.tflite").read_bytes())
+    convs = [row for row in ops if row["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    int8_convs = [row for row in convs if row["dtype"] == "int8"]
+    assert len(int8_convs) >= len(convs) - 2  # int8 convolutions, not int16 (only the DFL conv is float)

@@ -65,6 +65,12 @@ def build_command(
     trigger: str | None = typer.Option(
         None, "--trigger", help="Lineage: what started this build (manual, drift, schedule, ...)."
     ),
+    int16_activations: bool = typer.Option(
+        False,
+        "--int16-activations",
+        help="TFLite INT8: allow int16 activations when int8 cannot hold --max-drop (reference kernels: "
+        "much slower than FP32).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build signed bundles of MODEL for each --target."""
@@ -103,6 +109,7 @@ def build_command(
         parent_version=parent_version,
         training_data=training_data,
         trigger=trigger,
+        int16_activations=int16_activations,
     )
     with RichReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
         results = build(request, reporter)
@@ -200,11 +207,9 @@ def print_results(results, title: str = "edgectl build") -> None:
     console.print(table)
     for result in results:
         report = result.manifest.validation
-        if report and report.repair:
-            console.print(
-                f"{result.target}: {len(report.repair.layers_kept_float)} layer(s) kept in float to hold the "
-                f"accuracy budget: {', '.join(report.repair.layers_kept_float)}"
-            )
+        summary = quantization_summary(result.precision, report)
+        if summary:
+            console.print(f"{result.target}: {summary}")
         for note in report.notes if report else []:
             console.print(f"{result.target}: note: {note}")
         fit = result.manifest.memory_fit
@@ -215,3 +220,24 @@ def print_results(results, title: str = "edgectl build") -> None:
                 f"{human_bytes(fit.ram.capacity_bytes)}; tensor arena {fit.arena_bytes} bytes "
                 f"({fit.arena_measured_bytes} measured + {fit.arena_margin_bytes} margin)"
             )
+
+
+def quantization_summary(precision: str, report) -> str | None:
+    """What the build really did to reach INT8: activation bits, what stayed float and why, the speed."""
+    if precision != "int8" or report is None or report.repair is None:
+        return None
+    repair = report.repair
+    parts = [f"int8 weights, int{repair.activation_bits} activations"]
+    if repair.decode_tail_float:
+        parts.append(f"{len(repair.decode_tail_float)} decode-tail op(s) kept in float by rule")
+    if repair.layers_kept_float:
+        shown = ", ".join(repair.layers_kept_float[:8]) + (
+            " ..." if len(repair.layers_kept_float) > 8 else ""
+        )
+        parts.append(f"{len(repair.layers_kept_float)} layer(s) kept in float by measurement ({shown})")
+    elif not repair.decode_tail_float:
+        parts.append("no layer kept in float")
+    parts.append("no QAT")
+    if repair.p50_vs_fp32 is not None:
+        parts.append(f"host p50 {repair.p50_vs_fp32:.2f}x FP32")
+    return "; ".join(parts)

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgectlError as exc:
+        if getattr(exc, "attempts", None):
+            from toolchain.cli.output import print_attempts
+
+            print_attempts(exc.attempts)
         _print_error(exc.message, exc.hint)
         return exc.exit_code
     except BundleError as exc:

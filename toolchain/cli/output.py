@@ -101,3 +101,16 @@ class RichReporter(Reporter):
             self.task = self.progress.add_task(label, total=total)
             self.label = label
         self.progress.update(self.task, completed=done, total=total)
+
+
+def print_attempts(attempts: list[dict[str, Any]]) -> None:
+    """The table of INT8 attempts (method, ops kept float, metric, passed, speed), to stderr before an error."""
+    from rich.table import Table
+
+    columns = list(dict.fromkeys(key for row in attempts for key in row))
+    table = Table(title="INT8 attempts")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("method", "passed") else "right")
+    for row in attempts:
+        table.add_row(*(str(row.get(column, "-")) for column in columns))
+    err_console.print(table)

@@ -12,10 +12,17 @@ import numpy as np
 from edgebundle.manifest import LayerRepair, NMSParams, Precision, Preprocessing, ValidationReport
 from targets import TargetProfile
 from toolchain.deps import is_available
-from toolchain.errors import CalibrationError, ConverterUnavailableError, MissingDependencyError
+from toolchain.errors import (
+    CalibrationError,
+    ConverterUnavailableError,
+    Int8TooSlowError,
+    MissingDependencyError,
+)
 
 if TYPE_CHECKING:
+    from toolchain.repair import Int8Search
     from toolchain.sources import SourceModel
+    from toolchain.speed import SpeedCheck
 
 # Every runtime a target profile may name; those without a registered converter
 # fail with ConverterUnavailableError until their converter lands.
@@ -48,6 +55,10 @@ class BuildContext:
     labels: list[str] = field(default_factory=list)
     nms: NMSParams | None = None
     palettize: int | None = None  # --palettize BITS: weight palettization where the converter offers it
+    # Host p50 of a candidate against a baseline artifact of the same runtime, runs interleaved
+    # (`toolchain.speed`); None where that runtime does not run on this host.
+    speed: Callable[[Path, Path], SpeedCheck] | None = None
+    int16_activations: bool = False  # --int16-activations: the user accepts TFLite's slower int16 kernels
 
 
 @dataclass
@@ -133,3 +144,31 @@ def get_converter(profile: TargetProfile) -> Converter:
             hint=f"build for a target whose runtime is one of: {', '.join(available)} ('edgectl targets' lists them)",
         )
     return converter
+
+
+def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> None:
+    """Refuse an INT8 candidate that holds the budget but runs slower than the runtime's FP32 artifact.
+
+    INT8 is asked for to be faster; one that is slower is never shipped silently. Under
+    `--precision auto` the pipeline then ships the float artifact instead and says why.
+    """
+    from toolchain.speed import MAX_RATIO
+
+    if result.speed is None or result.speed.faster or not result.report.passed:
+        return
+    repair = result.repair
+    if repair is None or repair.method == "none":
+        how = "full INT8"
+    elif repair.method == "keep-float":
+        how = f"{len(repair.layers_kept_float)} layer(s) and {len(repair.decode_tail_float)} decode-tail op(s) in float"
+    else:
+        how = f"{len(repair.decode_tail_float)} decode-tail op(s) in float"
+    error = Int8TooSlowError(
+        f"{ctx.profile.name} int8: the INT8 model that holds the accuracy budget ({how}) is not faster than "
+        f"{fp32_what}: {result.speed.describe()}, above the {MAX_RATIO:g}x allowed",
+        hint="build --precision auto (ships the faster float artifact) or fp32"
+        + (", or give more representative --calib data" if repair and repair.layers_kept_float else ""),
+    )
+    error.report = result.report
+    error.attempts = result.repair.attempts if result.repair else None
+    raise error

@@ -1,4 +1,9 @@
-"""ONNX Runtime targets: the FP32 ONNX model as is, or static QDQ INT8 with accuracy repair."""
+"""ONNX Runtime targets: the FP32 ONNX model as is, or static QDQ INT8 with accuracy repair.
+
+A detector's decode tail stays in float from the first attempt (`toolchain.detector_head`), and
+the INT8 model that ships is never slower than the FP32 one on the build host
+(`require_fast_int8`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from toolchain.converters.base import (
     ConverterResult,
     register,
     require_calibration,
+    require_fast_int8,
 )
 from toolchain.deps import version_of
 from toolchain.errors import UserInputError
@@ -35,6 +41,9 @@ class OnnxRuntimeConverter(Converter):
             )
         from toolchain import quantize
 
+        speed = None
+        if ctx.speed is not None:
+            speed = lambda path: ctx.speed(path, ctx.fp32_onnx)  # noqa: E731
         result = quantize.int8_with_repair(
             ctx.fp32_onnx,
             ctx.workdir,
@@ -45,12 +54,14 @@ class OnnxRuntimeConverter(Converter):
             sample_outputs=ctx.sample_outputs,
             sample_reference=ctx.sample_reference,
             progress=ctx.progress,
+            detector=ctx.task == "detect",
+            speed=speed,
         )
-        result_path, report, layer_repair = result.path, result.report, result.repair
-        shutil.copyfile(result_path, artifact)
+        require_fast_int8(ctx, result, "the FP32 ONNX model in ONNX Runtime")
+        shutil.copyfile(result.path, artifact)
         return ConverterResult(
             [ConvertedArtifact(artifact, "model", "onnx", "int8")],
-            validation=report,
-            repair=layer_repair,
+            validation=result.report,
+            repair=result.repair,
             versions=versions,
         )
