@@ -8,9 +8,14 @@ exactly (tests/cloud_registry/test_gates.py):
 
 "Before" is the same devices' telemetry on their previous version in the
 baseline window before each one was updated; "after" is their telemetry on the
-new version since each one reported SUCCEEDED. Sides with fewer inferences than
-the policy's `min_inferences` (or none at all) give no value, and a gate
-without a value does not fire.
+new version since each one reported SUCCEEDED.
+
+A telemetry gate judges only on enough evidence (`pool`): a device counts once
+its telemetry on each side holds at least `min_device_inferences` inferences
+over at least `min_baked_s` seconds of reporting intervals, and the gates judge
+once `min_devices` such devices report (every device with a baseline, when
+fewer have one), and each pooled side holds `min_inferences`. Until then they
+give no value, and a gate without a value does not fire.
 """
 
 from __future__ import annotations
@@ -32,8 +37,17 @@ class Window:
     p95_weighted: float = 0.0  # sum of count * p95 over intervals that report a p95
     p95_count: int = 0
     confidence: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # reporting intervals covered
 
-    def add(self, count: int, errors: int, p95: float | None, confidence_hist: list[int] | None) -> None:
+    def add(
+        self,
+        count: int,
+        errors: int,
+        p95: float | None,
+        confidence_hist: list[int] | None,
+        interval_s: float = 0.0,
+    ) -> None:
+        self.seconds += interval_s
         self.inferences += count
         self.errors += errors
         if p95 is not None and count > 0:
@@ -46,6 +60,15 @@ class Window:
                 + (confidence_hist[i] if i < len(confidence_hist) else 0)
                 for i in range(width)
             ]
+
+    def merge(self, other: Window) -> None:
+        self.add(other.inferences, other.errors, None, other.confidence, other.seconds)
+        self.p95_weighted += other.p95_weighted
+        self.p95_count += other.p95_count
+
+    def enough(self, min_inferences: int, min_seconds: float) -> bool:
+        """Evidence from one device: at least this many inferences (1 at least) over this long."""
+        return self.inferences >= max(1, min_inferences) and self.seconds >= min_seconds
 
     @property
     def error_rate(self) -> float | None:
@@ -65,6 +88,41 @@ def exceeds(value: float | None, threshold: float) -> bool:
 def meets(value: float, threshold: float) -> bool:
     """A success threshold is met at or above it."""
     return value >= threshold
+
+
+@dataclass
+class Evidence:
+    """What the telemetry gates have to judge on, for the rollout status."""
+
+    baseline_devices: int  # updated devices with enough telemetry on their previous version
+    judged_devices: int  # ... and on the new version
+    needed_devices: int  # how many the gates need: min_devices, or every baseline device when fewer
+
+    @property
+    def applicable(self) -> bool:
+        """No device has a baseline: nothing to compare with, so the telemetry gates cannot judge at all."""
+        return self.baseline_devices > 0
+
+    @property
+    def enough(self) -> bool:
+        return self.applicable and self.judged_devices >= self.needed_devices
+
+
+def pool(
+    devices: list[tuple[Window, Window]], *, min_device_inferences: int, min_baked_s: float, min_devices: int
+) -> tuple[Window, Window, Evidence]:
+    """Add up (before, after) of the devices with enough evidence on both sides; say how many there are."""
+    before, after = Window(), Window()
+    baseline = judged = 0
+    for device_before, device_after in devices:
+        if not device_before.enough(min_device_inferences, min_baked_s):
+            continue
+        baseline += 1
+        if device_after.enough(min_device_inferences, min_baked_s):
+            judged += 1
+            before.merge(device_before)
+            after.merge(device_after)
+    return before, after, Evidence(baseline, judged, max(1, min(min_devices, baseline)))
 
 
 def telemetry_values(before: Window, after: Window, min_inferences: int) -> dict[str, float | None]:

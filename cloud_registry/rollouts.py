@@ -193,16 +193,19 @@ def _start_wave(
 # --------------------------------------------------------------------------- gate values
 
 
-def _windows(
+def _device_windows(
     session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice]
-) -> tuple[gates.Window, gates.Window]:
+) -> list[tuple[gates.Window, gates.Window]]:
+    """(before, after) per updated device: its telemetry on its previous version before it was told to
+    update, and on the new version since it reported SUCCEEDED (empty when it has not)."""
     policy = schemas.GatePolicy.model_validate(rollout.policy)
-    before, after = gates.Window(), gates.Window()
     to_version = rollout.version.version
     model_name = rollout.version.model.name
+    windows = []
     for entry in entries:
         if entry.started_at is None:
             continue
+        before, after = gates.Window(), gates.Window()
         base = select(m.TelemetryRecord).where(
             m.TelemetryRecord.device_id == entry.device_id, m.TelemetryRecord.model_name == model_name
         )
@@ -215,7 +218,11 @@ def _windows(
                 )
             ):
                 before.add(
-                    row.count, row.errors, row.latency_ms_p95, (row.drift or {}).get("confidence_hist")
+                    row.count,
+                    row.errors,
+                    row.latency_ms_p95,
+                    (row.drift or {}).get("confidence_hist"),
+                    row.interval_s,
                 )
         if entry.state == "succeeded" and entry.finished_at is not None:
             for row in session.scalars(
@@ -224,25 +231,43 @@ def _windows(
                     m.TelemetryRecord.received_at >= entry.finished_at,
                 )
             ):
-                after.add(row.count, row.errors, row.latency_ms_p95, (row.drift or {}).get("confidence_hist"))
-    return before, after
+                after.add(
+                    row.count,
+                    row.errors,
+                    row.latency_ms_p95,
+                    (row.drift or {}).get("confidence_hist"),
+                    row.interval_s,
+                )
+        windows.append((before, after))
+    return windows
 
 
 def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
-    """Gate values over the devices of the started waves, with the figures they come from."""
+    """Gate values over the devices of the started waves, with the figures and the evidence they come from."""
     policy = schemas.GatePolicy.model_validate(rollout.policy)
     started = [e for e in rollout.devices if e.wave <= rollout.current_wave]
     updated = [e for e in started if e.state in TOUCHED_STATES]
     failed = [e for e in updated if e.state in FAILED_STATES]
-    before, after = _windows(session, rollout, updated)
+    before, after, evidence = gates.pool(
+        _device_windows(session, rollout, [e for e in updated if e.state not in FAILED_STATES]),
+        min_device_inferences=policy.min_device_inferences,
+        min_baked_s=policy.min_baked_s,
+        min_devices=policy.min_devices,
+    )
+    telemetry = gates.telemetry_values(before, after, policy.min_inferences)
+    if not evidence.enough:
+        telemetry = dict.fromkeys(telemetry)
     values: dict[str, Any] = {
         "failure_rate": len(failed) / len(updated) if updated else None,
-        **gates.telemetry_values(before, after, policy.min_inferences),
+        **telemetry,
     }
     return {
         **values,
         "updated": len(updated),
         "failed": len(failed),
+        "baseline_devices": evidence.baseline_devices,
+        "judged_devices": evidence.judged_devices,
+        "needed_devices": evidence.needed_devices,
         "inferences_before": before.inferences,
         "inferences_after": after.inferences,
         "error_rate_before": before.error_rate,
@@ -250,6 +275,25 @@ def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
         "p95_ms_before": before.p95_ms,
         "p95_ms_after": after.p95_ms,
     }
+
+
+def waiting_for_evidence(values: dict[str, Any], policy: schemas.GatePolicy, version: int) -> str | None:
+    """Why the telemetry gates cannot judge yet, when they can judge at all; None when they can."""
+    baseline, judged, needed = values["baseline_devices"], values["judged_devices"], values["needed_devices"]
+    if baseline == 0:
+        return None  # no device served its previous version enough to compare with: nothing to wait for
+    rule = f"{policy.min_device_inferences} inferences over {policy.min_baked_s:g} s"
+    if judged < needed:
+        return f"{judged} of {needed} devices reported {rule} on v{version}"
+    if (
+        values["inferences_after"] < policy.min_inferences
+        or values["inferences_before"] < policy.min_inferences
+    ):
+        return (
+            f"{values['inferences_after']} of {policy.min_inferences} inferences on v{version} "
+            f"({values['inferences_before']} before)"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- reverting
@@ -422,8 +466,8 @@ class Reconciler:
         policy = schemas.GatePolicy.model_validate(rollout.policy)
         values = evaluate(session, rollout)
         crossed = gates.crossed_gates(values, policy)
-        self._record_values(session, rollout, values, crossed, now)
         if crossed:
+            self._record_values(session, rollout, {**values, "waiting": None}, crossed, now)
             thresholds = {
                 "failure_rate": policy.max_failure_rate,
                 "error_rate_increase": policy.max_error_rate_increase,
@@ -449,8 +493,21 @@ class Reconciler:
         entries = [e for e in rollout.devices if e.wave == wave.index]
         succeeded = sum(e.state == "succeeded" for e in entries)
         share = succeeded / len(entries) if entries else 1.0
-        enough_data = policy.min_inferences == 0 or values["inferences_after"] >= policy.min_inferences
-        if gates.meets(share, policy.success_threshold) and enough_data:
+        short = waiting_for_evidence(values, policy, rollout.version.version)
+        if short is None and policy.min_inferences and values["inferences_after"] < policy.min_inferences:
+            short = f"{values['inferences_after']} of {policy.min_inferences} inferences after the update"
+        enough_data = short is None
+        threshold_met = gates.meets(share, policy.success_threshold)
+        if not threshold_met:
+            waiting = (
+                f"wave {wave.index + 1}: {succeeded}/{len(entries)} devices succeeded, "
+                f"{policy.success_threshold:.0%} needed"
+            )
+        elif not enough_data:
+            waiting = f"wave {wave.index + 1}: gates wait for evidence: {short}"
+        else:  # constant while it bakes, so the evaluations kept do not change every tick
+            waiting = f"wave {wave.index + 1}: baking, healthy for {policy.bake_s:g} s before the next step"
+        if threshold_met and enough_data:
             if wave.healthy_since is None:
                 wave.healthy_since = now
                 _decide(
@@ -478,6 +535,7 @@ class Reconciler:
                         self.actor,
                         values=values,
                     )
+                    self._record_values(session, rollout, {**values, "waiting": None}, crossed, now)
                     return []
                 _decide(
                     session,
@@ -487,7 +545,16 @@ class Reconciler:
                     self.actor,
                     values=values,
                 )
-                return _start_wave(session, rollout, wave.index + 1, self.actor, self.public_url)
+                publications = _start_wave(session, rollout, wave.index + 1, self.actor, self.public_url)
+                following = rollout.wave_rows[wave.index + 1]
+                waiting = (
+                    f"wave {following.index + 1}: 0/{following.size} devices succeeded, "
+                    f"{policy.success_threshold:.0%} needed"
+                )
+                self._record_values(session, rollout, {**values, "waiting": waiting}, crossed, now)
+                return publications
+        self._record_values(session, rollout, {**values, "waiting": waiting}, crossed, now)
+        if threshold_met and enough_data:
             return []
         if wave.healthy_since is not None:  # it was met, and no longer is (a late failure)
             wave.healthy_since = None
@@ -499,16 +566,16 @@ class Reconciler:
                 self.actor,
             )
         if wave.started_at is not None and now - wave.started_at > policy.wave_timeout_s:
-            reason = (
-                f"wave {wave.index + 1} did not meet its success threshold in {policy.wave_timeout_s:g} s "
-                f"({succeeded}/{len(entries)} succeeded"
-                + (
-                    ""
-                    if enough_data
-                    else f", {values['inferences_after']} of {policy.min_inferences} inferences"
+            if threshold_met:
+                reason = (
+                    f"wave {wave.index + 1} did not give its gates enough evidence in "
+                    f"{policy.wave_timeout_s:g} s ({short})"
                 )
-                + ")"
-            )
+            else:
+                reason = (
+                    f"wave {wave.index + 1} did not meet its success threshold in {policy.wave_timeout_s:g} s "
+                    f"({succeeded}/{len(entries)} succeeded)"
+                )
             publications = _revert(session, rollout, reason, self.command_key, self.public_url)
             _finish(rollout, "halted", reason)
             _decide(
@@ -625,5 +692,6 @@ def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> 
         total=len(rollout.devices),
         waves=waves,
         gates=last.values if last else None,
+        waiting=(last.values or {}).get("waiting") if last and rollout.state == "running" else None,
         decisions=[schemas.DecisionInfo.model_validate(d, from_attributes=True) for d in rows],
     )

@@ -248,7 +248,28 @@ class GatePolicy(_Body):
         default=0,
         ge=0,
         le=10**9,
-        description="Inferences needed on each side before telemetry gates count; a wave waits for them.",
+        description="Inferences needed on each side, all judged devices together, before telemetry gates "
+        "count; a wave waits for them.",
+    )
+    # Minimum evidence before a telemetry gate judges (AWS IoT Jobs' abort criteria have a minimum of
+    # executed things for the same reason): a wave whose devices have a baseline waits for it.
+    min_device_inferences: int = Field(
+        default=20,
+        ge=0,
+        le=10**9,
+        description="Inferences a device must report on each side (previous and new version) to count.",
+    )
+    min_baked_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=30 * 86400,
+        description="Seconds of reporting intervals a device must cover on each side to count.",
+    )
+    min_devices: int = Field(
+        default=3,
+        ge=1,
+        le=10**6,
+        description="Devices that must count before telemetry gates judge (all with a baseline, if fewer).",
     )
     bake_s: float = Field(default=60.0, ge=0, le=30 * 86400, description="A wave stays healthy this long.")
     wave_timeout_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
@@ -353,4 +374,9 @@ class RolloutInfo(BaseModel):
     total: int
     waves: list[WaveInfo]
     gates: dict[str, Any] | None = Field(description="The newest gate values.")
+    waiting: str | None = Field(
+        default=None,
+        description="What the current wave waits for (updates, evidence for the gates, its bake time), "
+        "as of the reconciler's last tick; None when the rollout is not running.",
+    )
     decisions: list[DecisionInfo]

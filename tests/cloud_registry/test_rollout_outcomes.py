@@ -6,6 +6,7 @@ counted `failed 0` in the wave, although the failure rate that halted it was 1.
 
 from __future__ import annotations
 
+from tests.cloud_registry import test_rollouts
 from tests.cloud_registry.fleet_sim import SimFleet
 from tests.cloud_registry.helpers import make_bundle
 
@@ -20,14 +21,10 @@ def _fleet(api, signing, tmp_path, devices: int) -> SimFleet:  # type: ignore[no
 
 
 def _create(api, waves: list[float]) -> dict:  # type: ignore[no-untyped-def]
-    body = {"model": "digits", "version": 2, "waves": waves, "policy": {"bake_s": 0}}
-    response = api.client.post("/api/v1/rollouts", json=body, headers=api.admin())
-    assert response.status_code == 201, response.text
-    return response.json()
+    return test_rollouts.create(api, waves=waves)
 
 
-def _status(api, rollout_id: int) -> dict:  # type: ignore[no-untyped-def]
-    return api.client.get(f"/api/v1/rollouts/{rollout_id}", headers=api.admin()).json()
+_status = test_rollouts.status
 
 
 def test_a_wave_halted_by_a_failed_update_counts_that_failure(api, backend, signing, tmp_path):

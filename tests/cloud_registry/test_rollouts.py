@@ -131,6 +131,7 @@ def test_failed_update_halts_and_the_success_threshold_boundary(api, fleet):
     rollout = create(api, waves=[20, 100], policy=policy)
     first = [n for n in fleet.devices if (fleet.desired(n) or {}).get("version") == 2]
     fleet.apply_desired("SUCCEEDED", names=first[:1])
+    fleet.report_running(2, names=first[:1])  # the evidence its gates wait for
     fleet.apply_desired("ROLLED_BACK", names=first[1:])
     api.registry.reconciler.tick()
     info = status(api, rollout["id"])
@@ -156,7 +157,7 @@ def test_a_wave_that_never_succeeds_times_out(api, fleet):
 
 def test_bake_time_holds_the_next_wave(api, fleet):
     rollout = create(api, waves=[10, 100], policy={"bake_s": 120})
-    fleet.apply_desired("SUCCEEDED")
+    fleet.report_running(2, names=fleet.apply_desired("SUCCEEDED"))
     reconciler = api.registry.reconciler
     reconciler.tick()
     assert status(api, rollout["id"])["current_wave"] == 0
@@ -176,7 +177,7 @@ def test_pause_resume_abort_and_manual_rollback(api, fleet):
         return api.client.post(f"/api/v1/rollouts/{rid}/{action}", json=body or None, headers=api.admin())
 
     assert post("pause", reason="weekend").json()["state"] == "paused"
-    fleet.apply_desired("SUCCEEDED")
+    fleet.report_running(2, names=fleet.apply_desired("SUCCEEDED"))
     api.registry.reconciler.tick()
     assert status(api, rid)["current_wave"] == 0  # paused: no new wave
     assert post("pause").status_code == 409
@@ -250,7 +251,7 @@ def test_registry_restart_mid_rollout_resumes(tmp_path, signing):
     fleet.enroll(4)
     fleet.report_running(1)
     rollout = create(api, waves=[25, 50, 100])
-    fleet.apply_desired("SUCCEEDED")
+    fleet.report_running(2, names=fleet.apply_desired("SUCCEEDED"))
     deadline = time.time() + 10
     while status(api, rollout["id"])["current_wave"] < 1 and time.time() < deadline:
         time.sleep(0.05)
@@ -263,6 +264,7 @@ def test_registry_restart_mid_rollout_resumes(tmp_path, signing):
         for _ in range(2):
             updated = fleet.apply_desired("SUCCEEDED")
             assert updated
+            fleet.report_running(2, names=updated)
             deadline = time.time() + 10
             while status(api, rollout["id"])["state"] != "completed" and time.time() < deadline:
                 if len(on_version(fleet, 2)) > sum(d.version == 2 for d in fleet.devices.values()):

@@ -64,6 +64,8 @@ def _show(info: dict[str, Any]) -> None:
             wave["state"],
         )
     console.print(table)
+    if info.get("waiting"):
+        console.print(f"waiting: {info['waiting']}")
     gates = info.get("gates") or {}
     if gates:
         shown = {
