@@ -12,6 +12,7 @@ trust, as with torch.load itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -42,6 +43,9 @@ class SourceModel:
     labels: list[str] = field(default_factory=list)
     nms: NMSParams | None = None
     weights: Path | None = None
+    # the task the file itself declares (Ultralytics metadata or checkpoint: detect, classify, segment, ...);
+    # --task may not contradict it
+    declared_task: str | None = None
 
     @property
     def filename(self) -> str:
@@ -162,6 +166,8 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
         if spec.detect(path):
             if kind == "ultralytics":
                 return _ultralytics_source(str(path), digest)
+            if kind == "onnx":
+                return _onnx_source(path, digest)
             if kind == "torch-export":
                 return SourceModel(str(path), kind, digest, input_shape=_exported_input_shape(path))
             return SourceModel(str(path), kind, digest)
@@ -189,15 +195,19 @@ def _exported_input_shape(path: Path) -> list[int] | None:
     return [int(d) for d in shapes[0]]
 
 
-def _ultralytics_source(location: str, digest: str) -> SourceModel:
-    require("ultralytics", extra="build", purpose="reading an Ultralytics model")
-    model = _load_ultralytics(location)
-    names = model.names
-    labels = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-    imgsz = (getattr(model.model, "args", None) or {}).get("imgsz", 640)
-    if isinstance(imgsz, int):
-        imgsz = [imgsz, imgsz]
-    task = "detect" if model.task == "detect" else "classify" if model.task == "classify" else "other"
+def _label_list(names) -> list[str]:
+    """Ultralytics' `names`: a {index: name} dict or a list, as an ordered list of labels."""
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    return [str(n) for n in names]
+
+
+def _ultralytics_task(task: str | None) -> Task:
+    return "detect" if task == "detect" else "classify" if task == "classify" else "other"
+
+
+def _ultralytics_conventions(task: Task) -> tuple[Preprocessing, NMSParams | None]:
+    """What every Ultralytics model expects: RGB NCHW in 0..1, letterboxed for detectors; NMS defaults."""
     pre = Preprocessing(
         layout="NCHW",
         color="RGB",
@@ -206,6 +216,17 @@ def _ultralytics_source(location: str, digest: str) -> SourceModel:
         mean=[0.0, 0.0, 0.0],
         std=[1.0, 1.0, 1.0],
     )
+    return pre, NMSParams() if task == "detect" else None
+
+
+def _ultralytics_source(location: str, digest: str) -> SourceModel:
+    require("ultralytics", extra="build", purpose="reading an Ultralytics model")
+    model = _load_ultralytics(location)
+    imgsz = (getattr(model.model, "args", None) or {}).get("imgsz", 640)
+    if isinstance(imgsz, int):
+        imgsz = [imgsz, imgsz]
+    task = _ultralytics_task(model.task)
+    pre, nms = _ultralytics_conventions(task)
     return SourceModel(
         location,
         "ultralytics",
@@ -213,9 +234,114 @@ def _ultralytics_source(location: str, digest: str) -> SourceModel:
         input_shape=[1, 3, int(imgsz[0]), int(imgsz[1])],
         preprocessing=pre,
         task=task,
-        labels=labels,
-        nms=NMSParams() if task == "detect" else None,
+        labels=_label_list(model.names),
+        nms=nms,
+        declared_task=str(model.task),
     )
+
+
+def _literal(text: str):
+    """A metadata value Ultralytics wrote with str(): a Python literal, read without evaluating code."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (key -> value), read without its external data."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # the exporter's checker refuses an unreadable file with a hint later
+        return {}
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _onnx_source(path: Path, digest: str) -> SourceModel:
+    """An ONNX file; one exported by Ultralytics says its task, labels and input size in its metadata."""
+    meta = onnx_metadata(path)
+    task_value = meta.get("task")
+    if task_value is None or "names" not in meta:
+        return SourceModel(str(path), "onnx", digest)
+    names = _literal(meta["names"])
+    if not isinstance(names, (dict, list, tuple)):
+        raise UserInputError(
+            f"{path.name} carries Ultralytics metadata whose 'names' is not a list of class names",
+            hint="re-export the model with Ultralytics (YOLO(...).export(format='onnx')), or pass --labels",
+        )
+    task = _ultralytics_task(task_value)
+    pre, nms = _ultralytics_conventions(task)
+    imgsz = _literal(meta.get("imgsz", ""))
+    if isinstance(imgsz, int):
+        imgsz = [imgsz, imgsz]
+    shape = None
+    if (
+        isinstance(imgsz, (list, tuple))
+        and len(imgsz) == 2
+        and all(isinstance(d, int) and d > 0 for d in imgsz)
+    ):
+        channels = _literal(meta.get("channels", "3"))
+        shape = [1, channels if isinstance(channels, int) and channels > 0 else 3, *imgsz]
+    if task == "detect" and _literal(meta.get("end2end", "False")) is True:
+        raise UserInputError(
+            f"{path.name} is an Ultralytics detector exported with NMS inside (end2end): its output is "
+            "final boxes, not the raw (4 + classes, anchors) head edgectl decodes and validates",
+            hint="re-export it without NMS: YOLO(MODEL).export(format='onnx', nms=False)",
+        )
+    return SourceModel(
+        str(path),
+        "onnx",
+        digest,
+        input_shape=shape,
+        preprocessing=pre,
+        task=task,
+        labels=_label_list(names),
+        nms=nms,
+        declared_task=str(task_value),
+    )
+
+
+def apply_task(source: SourceModel, task: Task | None) -> SourceModel:
+    """The task the user asked for with --task, checked against what the model itself says."""
+    if task is None:
+        return source
+    declared = source.declared_task
+    if declared is not None and task != _ultralytics_task(declared):
+        expected = _ultralytics_task(declared)
+        raise UserInputError(
+            f"--task {task} contradicts {source.filename}, whose Ultralytics metadata says its task is {declared}",
+            hint=f"leave --task out (edgectl reads the task from the model), or pass --task {expected}",
+        )
+    if task == source.task:
+        return source
+    update: dict = {"task": task, "nms": None}
+    if task == "detect":  # the one detector output edgectl decodes is Ultralytics', with its conventions
+        update["nms"] = source.nms or NMSParams()
+        update["preprocessing"] = source.preprocessing.model_copy(update={"resize_mode": "letterbox"})
+    return dataclasses.replace(source, **update)
+
+
+def check_task_outputs(source: SourceModel, task: Task, output_shapes: list[list[int]]) -> None:
+    """A detector must have the one output layout edgectl decodes: (1, 4 + classes, anchors)."""
+    if task != "detect":
+        return
+    shape = output_shapes[0] if output_shapes else []
+    classes = len(source.labels)
+    fits = len(output_shapes) >= 1 and len(shape) == 3 and shape[1] > 4 and shape[2] > 0
+    if fits and classes and shape[1] != 4 + classes:
+        fits = False
+    if not fits:
+        wanted = f"(1, {4 + classes}, anchors)" if classes else "(1, 4 + classes, anchors)"
+        raise UserInputError(
+            f"{source.filename} is built as a detector, but its output {shape} is not the "
+            f"Ultralytics head layout {wanted} edgectl decodes",
+            hint="export the detector's raw head (Ultralytics: YOLO(...).export(format='onnx')), or pass "
+            "--task other to build it without detection metrics",
+        )
 
 
 @contextlib.contextmanager
@@ -385,18 +511,10 @@ def _export_onnx(source: SourceModel, shape: list[int], dest: Path, opset: int) 
             f"{source.filename} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}",
             hint="re-export the model",
         ) from exc
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
-    if current > opset:
-        from onnx import version_converter
+    from toolchain.onnx_export import downgrade_opset, model_opset
 
-        try:
-            model = version_converter.convert_version(model, opset)
-        except Exception as exc:
-            raise ExportError(
-                f"{source.filename} uses opset {current}; converting it down to {opset} failed: "
-                f"{str(exc).splitlines()[0][:160]}",
-                hint=f"export the model at opset {opset} or lower",
-            ) from exc
+    if model_opset(model) > opset:
+        model = downgrade_opset(model, opset, source.filename, shape)
     onnx.save(model, dest)
 
 

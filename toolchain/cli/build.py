@@ -46,6 +46,12 @@ def build_command(
     ),
     std: str | None = typer.Option(None, "--std", help="Per-channel std after scaling."),
     labels: Path | None = typer.Option(None, "--labels", help="Class labels, one per line."),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="detect, classify or other, for a model that does not say (Ultralytics models do; default: "
+        "classify for a (1, classes) output, else other).",
+    ),
     calib_limit: int = typer.Option(128, "--calib-limit", help="At most this many calibration samples."),
     bench_runs: int = typer.Option(50, "--bench-runs", help="Timed runs in the benchmark."),
     latency_budget_ms: float | None = typer.Option(
@@ -102,6 +108,7 @@ def build_command(
         mean=parse_numbers(mean, float, "--mean"),
         std=parse_numbers(std, float, "--std"),
         labels=labels,
+        task=task,
         calib_limit=calib_limit,
         bench_runs=bench_runs,
         latency_budget_ms=latency_budget_ms,
