@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -20,6 +20,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 Layout = Literal["NCHW", "NHWC", "NC", "other"]
 ColorOrder = Literal["RGB", "BGR", "GRAY"]
 Task = Literal["classify", "detect", "other"]
+Gate = Literal["labels", "fp32-detections", "top1-agreement", "output-cosine"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -74,6 +75,12 @@ class Preprocessing(_Model):
         if any(v == 0 for v in value):
             raise ValueError("std values must be non-zero")
         return value
+
+    @model_serializer(mode="wrap")
+    def _image_fields_only_for_images(self, handler):
+        """A tensor input writes no image fields: layout, color, resize, scale, mean and std mean nothing there."""
+        data = handler(self)
+        return {"input": "tensor"} if self.input == "tensor" else data
 
 
 class NMSParams(_Model):
@@ -178,6 +185,12 @@ class ValidationReport(_Model):
     max_drop_points: float
     fidelity: Fidelity
     passed: bool
+    gate: Gate | None = Field(
+        default=None,
+        description="What decided `passed`: labels (the task metric on labeled --val data), fp32-detections "
+        "(a detector without labels: mAP50-95 against the FP32 model's own detections on the calibration "
+        "images), top1-agreement (a classifier without labels) or output-cosine (other models).",
+    )
     repair: LayerRepair | None = None
     notes: list[str] = Field(default_factory=list)
 

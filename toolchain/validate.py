@@ -2,8 +2,18 @@
 
 Task metrics are in points (percent): top-1 for classifiers, mAP50-95 and
 mAP50 for detectors. Fidelity compares raw outputs sample by sample. The gate
-is the drop of the task metric against `--max-drop`; without labeled data the
-gate falls back to fidelity on the calibration inputs, and the report says so.
+is the drop of the task metric against `--max-drop`, and the report's `gate`
+says which one judged:
+
+- `labels`: the task metric on the user's labeled `--val` data;
+- `fp32-detections`: a detector without labels is scored with mAP50-95 against
+  the FP32 model's own detections on the calibration images (conf 0.25, the
+  source's NMS), so a detector that finds nothing fails however close its raw
+  outputs are (a full-INT8 YOLO that detects nothing keeps an output cosine of
+  0.9999 on the tests' YOLO11n: its boxes dominate the output and survive, its
+  scores do not);
+- `top1-agreement`: a classifier without labels agrees with FP32's top-1;
+- `output-cosine`: other models, raw outputs against FP32's. Never a detector.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgebundle.manifest import Fidelity, NMSParams, Task, ValidationReport
+from toolchain.errors import CalibrationError
 
 # Without labels a classifier may disagree with FP32 on at most max_drop points of
 # samples; other tasks need this cosine between raw outputs (a weaker gate, stated in the notes).
@@ -20,6 +31,8 @@ MIN_COSINE_WITHOUT_LABELS = 0.98
 # Ultralytics scores mAP with a near-zero confidence threshold and multi-label NMS; so do we, so the
 # figures match what Ultralytics users see for the same model and data.
 MAP_CONF_THRESHOLD = 0.001
+# Without labels, FP32's detections above this confidence (Ultralytics' predict default) are the ground truth.
+LABEL_FREE_CONF_THRESHOLD = 0.25
 
 
 @dataclass
@@ -33,6 +46,7 @@ class EvalData:
     boxes: list[np.ndarray] | None = None
     class_names: list[str] = field(default_factory=list)
     num_classes: int = 0
+    ground_truth: str = "labels"  # "labels" (the user's) or "fp32" (the FP32 model's own detections)
 
     @property
     def labeled(self) -> bool:
@@ -43,6 +57,32 @@ class EvalData:
         if not self.labeled:
             return None
         return "top1" if self.task == "classify" else "mAP50-95"
+
+
+def label_free_detection_data(
+    inputs: np.ndarray, fp32_outputs: list[np.ndarray], nms: NMSParams | None
+) -> EvalData:
+    """Calibration images with the FP32 detector's own detections as their ground truth (no labels needed).
+
+    Detections are decoded as a deployed detector would (conf 0.25, one class per box, the source's NMS
+    IoU and detection cap); candidates are then scored with mAP50-95 against them.
+    """
+    from toolchain.detection import decode_ultralytics
+
+    params = nms or NMSParams()
+    boxes = []
+    for out in fp32_outputs[0]:
+        det = decode_ultralytics(
+            out[None], LABEL_FREE_CONF_THRESHOLD, params.iou_threshold, params.max_detections
+        )[0]
+        boxes.append(np.concatenate([det[:, 5:6], det[:, :4]], axis=1).astype(np.float32))
+    if not sum(len(b) for b in boxes):
+        raise CalibrationError(
+            f"without --val labels a detector is judged against its FP32 detections on the --calib images, "
+            f"but FP32 detects nothing (conf >= {LABEL_FREE_CONF_THRESHOLD}) on any of the {len(inputs)}",
+            hint="pass --calib images that show the objects the model detects, or --val with a labeled data.yaml",
+        )
+    return EvalData("calib", "detect", inputs, boxes=boxes, ground_truth="fp32")
 
 
 def task_metrics(outputs: list[np.ndarray], data: EvalData, nms: NMSParams | None) -> dict[str, float]:
@@ -114,16 +154,22 @@ def judge(
     if data.metric:
         drop = round(reference_metrics[data.metric] - artifact_metrics[data.metric], 4)
         passed = drop <= max_drop
+        gate = "fp32-detections" if data.ground_truth == "fp32" else "labels"
+        if gate == "fp32-detections":
+            count = sum(len(b) for b in data.boxes or [])
+            notes.append(
+                f"label-free ground truth: FP32's {count} detections (conf >= {LABEL_FREE_CONF_THRESHOLD}) "
+                f"on the {len(data.inputs)} calibration images"
+            )
     elif data.task == "classify":
-        notes.append(
-            "no --val data: task metric not measured; gated on top-1 agreement with FP32 on --calib inputs"
-        )
+        gate = "top1-agreement"
         passed = fid.top1_agreement is not None and 100 - fid.top1_agreement <= max_drop
+    elif data.task == "detect":  # never judged on raw outputs: with no ground truth, nothing passes
+        gate = None
+        passed = False
+        notes.append("a detector is gated on detections: give --val labels or --calib images")
     else:
-        notes.append(
-            f"no labeled --val data: task metric not measured; gated on output cosine >= "
-            f"{MIN_COSINE_WITHOUT_LABELS} against FP32 on --calib inputs"
-        )
+        gate = "output-cosine"
         passed = fid.cosine >= MIN_COSINE_WITHOUT_LABELS
     return ValidationReport(
         data="val" if data.kind == "val" else "calib",
@@ -136,5 +182,6 @@ def judge(
         max_drop_points=max_drop,
         fidelity=fid,
         passed=passed,
+        gate=gate,
         notes=notes,
     )

@@ -214,6 +214,8 @@ def print_results(results, title: str = "edgectl build") -> None:
     console.print(table)
     for result in results:
         report = result.manifest.validation
+        if report and report.gate:
+            console.print(f"{result.target}: gate: {gate_text(report)}")
         summary = quantization_summary(result.precision, report)
         if summary:
             console.print(f"{result.target}: {summary}")
@@ -248,3 +250,20 @@ def quantization_summary(precision: str, report) -> str | None:
     if repair.p50_vs_fp32 is not None:
         parts.append(f"host p50 {repair.p50_vs_fp32:.2f}x FP32")
     return "; ".join(parts)
+
+
+def gate_text(report) -> str:
+    """What judged the artifact, in one line (the report's `gate`)."""
+    from toolchain.validate import MIN_COSINE_WITHOUT_LABELS
+
+    budget = f"at most {report.max_drop_points:g} points"
+    if report.gate == "labels":
+        return f"{report.metric} drop against FP32 on {report.samples} labeled --val samples, {budget}"
+    if report.gate == "fp32-detections":
+        return (
+            f"label-free: {report.metric} against FP32's own detections on {report.samples} calibration "
+            f"images (no --val labels), drop {budget}"
+        )
+    if report.gate == "top1-agreement":
+        return f"top-1 agreement with FP32 on {report.samples} --calib inputs (no --val labels), {budget} disagree"
+    return f"output cosine >= {MIN_COSINE_WITHOUT_LABELS} against FP32 on {report.samples} --calib inputs (no --val labels)"

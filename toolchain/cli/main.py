@@ -54,6 +54,30 @@ def _print_error(message: str, hint: str | None) -> None:
         err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
+def _click_exceptions():
+    """Click's exception classes: Typer vendors its own Click (typer._click), older Typers use click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - Typer before it vendored Click
+        from click import exceptions
+    return exceptions
+
+
+def _usage_error(exc) -> int:
+    """A Click error (bad value, missing option, unknown command) in the same form as every other error."""
+    exceptions = _click_exceptions()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, exceptions.NoArgsIsHelpError) and ctx is not None:  # a bare group: its help
+        help_text = ctx.get_help()
+        if help_text:
+            print(help_text)
+        return exc.exit_code
+    where = ctx.command_path if ctx is not None else "edgectl"
+    message = " ".join(exc.format_message().split())
+    _print_error(message[:1].lower() + message[1:], f"see '{where} --help'")
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line plus a hint and a non-zero exit, never a traceback."""
     from pydantic import ValidationError
@@ -62,8 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     from targets import ProfileError, UnknownTargetError
     from toolchain.errors import EdgectlError
 
+    click = _click_exceptions()
     try:
-        app(args=argv, prog_name="edgectl")  # standalone: usage errors and --help exit through SystemExit
+        # not standalone: usage errors come here to be printed as error/hint; --help and Exit return a code
+        code = app(args=argv, prog_name="edgectl", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.ClickException as exc:
+        return _usage_error(exc)
+    except typer.Abort:
+        _print_error("aborted", None)
+        return 1
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgectlError as exc:
@@ -87,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted", None)
         return 130
-    return 0
 
 
 def run() -> None:
