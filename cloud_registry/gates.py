@@ -11,8 +11,9 @@ baseline window before each one was updated; "after" is their telemetry on the
 new version since each one reported SUCCEEDED.
 
 A telemetry gate judges only on enough evidence (`pool`): a device counts once
-its telemetry on each side holds at least `min_device_inferences` inferences
-over at least `min_baked_s` seconds of reporting intervals, and the gates judge
+its telemetry on each side holds at least `min_device_inferences` inferences,
+on the new version over at least `min_baked_s` seconds of reporting
+intervals, and the gates judge
 once `min_devices` such devices report (every device with a baseline, when
 fewer have one), and each pooled side holds `min_inferences`. Until then they
 give no value, and a gate without a value does not fire.
@@ -115,7 +116,8 @@ def pool(
     before, after = Window(), Window()
     baseline = judged = 0
     for device_before, device_after in devices:
-        if not device_before.enough(min_device_inferences, min_baked_s):
+        # The baseline is history (any length of it will do); the new version must have run a while.
+        if not device_before.enough(min_device_inferences, 0.0):
             continue
         baseline += 1
         if device_after.enough(min_device_inferences, min_baked_s):

@@ -248,8 +248,9 @@ def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
     started = [e for e in rollout.devices if e.wave <= rollout.current_wave]
     updated = [e for e in started if e.state in TOUCHED_STATES]
     failed = [e for e in updated if e.state in FAILED_STATES]
+    windows = _device_windows(session, rollout, [e for e in updated if e.state not in FAILED_STATES])
     before, after, evidence = gates.pool(
-        _device_windows(session, rollout, [e for e in updated if e.state not in FAILED_STATES]),
+        windows,
         min_device_inferences=policy.min_device_inferences,
         min_baked_s=policy.min_baked_s,
         min_devices=policy.min_devices,
@@ -268,8 +269,10 @@ def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
         "baseline_devices": evidence.baseline_devices,
         "judged_devices": evidence.judged_devices,
         "needed_devices": evidence.needed_devices,
-        "inferences_before": before.inferences,
-        "inferences_after": after.inferences,
+        "inferences_before": sum(b.inferences for b, _ in windows),  # every updated device's, judged or not
+        "inferences_after": sum(a.inferences for _, a in windows),
+        "judged_inferences_before": before.inferences,  # the judged devices' alone
+        "judged_inferences_after": after.inferences,
         "error_rate_before": before.error_rate,
         "error_rate_after": after.error_rate,
         "p95_ms_before": before.p95_ms,
@@ -285,13 +288,11 @@ def waiting_for_evidence(values: dict[str, Any], policy: schemas.GatePolicy, ver
     rule = f"{policy.min_device_inferences} inferences over {policy.min_baked_s:g} s"
     if judged < needed:
         return f"{judged} of {needed} devices reported {rule} on v{version}"
-    if (
-        values["inferences_after"] < policy.min_inferences
-        or values["inferences_before"] < policy.min_inferences
-    ):
+    pooled_before, pooled_after = values["judged_inferences_before"], values["judged_inferences_after"]
+    if pooled_after < policy.min_inferences:  # the baseline will not grow: only the new version is waited for
         return (
-            f"{values['inferences_after']} of {policy.min_inferences} inferences on v{version} "
-            f"({values['inferences_before']} before)"
+            f"the judged devices' {pooled_after} of {policy.min_inferences} inferences on v{version} "
+            f"({pooled_before} before)"
         )
     return None
 

@@ -263,7 +263,7 @@ class GatePolicy(_Body):
         default=10.0,
         ge=0,
         le=30 * 86400,
-        description="Seconds of reporting intervals a device must cover on each side to count.",
+        description="Seconds of reporting intervals a device must cover on the new version to count.",
     )
     min_devices: int = Field(
         default=3,
