@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[build,tflite,mcu,coreml,agent,registry,dev]'
+	$(BIN)/python -m pip install --quiet --editable '.[build,prune,tflite,mcu,coreml,agent,registry,dev]'
 	touch $(STAMP)
 
 system-deps:

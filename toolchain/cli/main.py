@@ -17,6 +17,7 @@ from toolchain.cli import (
     export,
     fleet,
     keys,
+    optimize,
     registry,
     retrain,
     rollout,
@@ -42,6 +43,7 @@ rollout.register(app)
 devices.register(app)
 registry.register(app)
 retrain.register(app)
+optimize.register(app)
 
 
 def _print_error(message: str, hint: str | None) -> None:
