@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from cloud_registry import models as m
@@ -589,34 +589,138 @@ def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str
     return insert_ignoring_conflicts(session, table, rows, ["msg_id"])
 
 
-def record_telemetry(session: Session, *, items: list[tuple[m.Device, Telemetry]]) -> int:
-    """Store a batch of telemetry, dropping repeated msg_ids; the newest message per device is its last."""
+# One statement per batch on PostgreSQL: the batch travels as one JSON array of the messages as the wire
+# has them, parsed once as jsonb (a fixed query text, nothing re-parsed or escaped per row), duplicates fall on the msg_id key,
+# and RETURNING says which went in.
+_PG_TELEMETRY_INSERT = """
+INSERT INTO telemetry (device_id, msg_id, seq, sent_at, received_at, interval_s, model_name, model_version,
+                       count, errors, latency_ms_p50, latency_ms_p95, throughput_per_s, system, drift, queue)
+SELECT (r->>'d')::integer, t->>'msg_id', (t->>'seq')::bigint, (t->>'sent_at')::float8, %s,
+       (t->>'interval_s')::float8, t->'model'->>'name', (t->'model'->>'version')::integer,
+       (t->'inference'->>'count')::integer, (t->'inference'->>'errors')::integer,
+       (t->'inference'->>'latency_ms_p50')::float8, (t->'inference'->>'latency_ms_p95')::float8,
+       (t->'inference'->>'throughput_per_s')::float8, jsonb_strip_nulls(t->'system')::json,
+       CASE WHEN jsonb_typeof(t->'drift') = 'object' THEN (t->'drift')::json END,
+       CASE WHEN jsonb_typeof(t->'queue') = 'object' THEN (t->'queue')::json END
+FROM jsonb_array_elements(%s::jsonb) AS r, LATERAL (SELECT r->'m' AS t) AS m
+ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id
+"""
+
+
+def _batch_json(items: list[tuple[int, Telemetry]] | Any) -> str:
+    """[{"d": device id, "m": the message}, ...], the messages in their wire form (pydantic's own JSON)."""
+    return (
+        "["
+        + ",".join(f'{{"d":{device_id},"m":{message.model_dump_json()}}}' for device_id, message in items)
+        + "]"
+    )
+
+
+def _insert_telemetry_postgresql(
+    session: Session, items: list[tuple[int, Telemetry]], received_at: float
+) -> set[str]:
+    result = session.connection().exec_driver_sql(_PG_TELEMETRY_INSERT, (received_at, _batch_json(items)))
+    return {row[0] for row in result}
+
+
+def _insert_telemetry_generic(
+    session: Session, items: list[tuple[int, Telemetry]], received_at: float
+) -> set[str]:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = (
+        insert(m.TelemetryRecord)
+        .on_conflict_do_nothing(index_elements=["msg_id"])
+        .returning(m.TelemetryRecord.msg_id)
+    )
+    rows = [telemetry_row(device_id, message, received_at) for device_id, message in items]
+    return set(session.execute(statement, rows).scalars())
+
+
+# The newest telemetry per device, for many devices in one statement; a message older (by seq) than
+# what the device last sent is not taken, and one without a slot keeps the device's.
+_PG_LAST_TELEMETRY = """
+UPDATE devices AS d
+SET last_telemetry = u.t::json, last_telemetry_at = %s, last_seen = %s, online = true,
+    model_name = COALESCE(u.t->'model'->>'name', d.model_name),
+    current_version = COALESCE((u.t->'model'->>'version')::integer, d.current_version),
+    slot = COALESCE(u.t->'model'->>'slot', d.slot)
+FROM (SELECT (r->>'d')::integer AS id, r->'m' AS t FROM jsonb_array_elements(%s::jsonb) AS r) AS u
+WHERE d.id = u.id AND COALESCE((d.last_telemetry->>'seq')::bigint, -1) <= (u.t->>'seq')::bigint
+"""
+
+
+def _record_last_telemetry(session: Session, newest: dict[int, Telemetry], now: float) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().exec_driver_sql(_PG_LAST_TELEMETRY, (now, now, _batch_json(newest.items())))
+        return
+    known = dict(
+        session.execute(
+            select(m.Device.id, m.Device.last_telemetry["seq"].as_integer()).where(
+                m.Device.id.in_(list(newest))
+            )
+        ).all()
+    )
+    table = m.Device.__table__
+    rows = [
+        {
+            "b_id": device_id,
+            "b_last_telemetry": message.model_dump(mode="json"),
+            "b_model_name": message.model.name if message.model else None,
+            "b_current_version": message.model.version if message.model else None,
+            "b_slot": message.model.slot if message.model else None,
+        }
+        for device_id, message in newest.items()
+        if message.seq >= (known.get(device_id) or 0)
+    ]
+    if rows:
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                last_telemetry=bindparam("b_last_telemetry", type_=table.c.last_telemetry.type),
+                last_telemetry_at=now,
+                last_seen=now,
+                online=True,  # it just spoke (a Last Will afterwards still marks it offline)
+                model_name=func.coalesce(
+                    bindparam("b_model_name", type_=table.c.model_name.type), table.c.model_name
+                ),
+                current_version=func.coalesce(
+                    bindparam("b_current_version", type_=table.c.current_version.type),
+                    table.c.current_version,
+                ),
+                slot=func.coalesce(bindparam("b_slot", type_=table.c.slot.type), table.c.slot),
+            )
+        )
+        session.connection().execute(statement, rows)
+
+
+def record_telemetry(session: Session, *, items: list[tuple[int, Telemetry]]) -> int:
+    """Store a batch of telemetry (device id, message), dropping repeated msg_ids; count inserted.
+
+    The newest message per device becomes its `last_telemetry`, in one UPDATE statement run for many rows;
+    no ORM object is made per message.
+    """
     now = time.time()
-    unique: dict[str, tuple[m.Device, Telemetry]] = {}
-    for device, message in items:
-        unique.setdefault(message.msg_id, (device, message))
-    known = set(
-        session.scalars(select(m.TelemetryRecord.msg_id).where(m.TelemetryRecord.msg_id.in_(list(unique))))
-    )
-    fresh = [(d, t) for msg_id, (d, t) in unique.items() if msg_id not in known]
-    inserted = insert_ignoring_duplicates(
-        session, m.TelemetryRecord, [telemetry_row(d.id, t, now) for d, t in fresh]
-    )
-    newest: dict[int, tuple[m.Device, Telemetry]] = {}
-    for device, message in fresh:
-        if device.id not in newest or message.seq > newest[device.id][1].seq:
-            newest[device.id] = (device, message)
-    for device, message in newest.values():
-        if device.last_telemetry and message.seq < (device.last_telemetry.get("seq") or 0):
-            continue
-        device.last_telemetry = message.model_dump(mode="json")
-        device.last_telemetry_at = now
-        device.last_seen = now
-        device.online = True  # it just spoke (a Last Will afterwards still marks it offline)
-        if message.model is not None:
-            device.model_name, device.current_version = message.model.name, message.model.version
-            device.slot = message.model.slot or device.slot
-    return inserted
+    session.flush()  # what the batch changed on devices before (presence, updates) goes first, as before
+    unique: dict[str, tuple[int, Telemetry]] = {}
+    for device_id, message in items:
+        unique.setdefault(message.msg_id, (device_id, message))
+    fresh_items = list(unique.values())
+    if session.get_bind().dialect.name == "postgresql":
+        inserted = _insert_telemetry_postgresql(session, fresh_items, now)
+    else:
+        inserted = _insert_telemetry_generic(session, fresh_items, now)
+    newest: dict[int, Telemetry] = {}
+    for device_id, message in fresh_items:
+        if message.msg_id in inserted and (device_id not in newest or message.seq > newest[device_id].seq):
+            newest[device_id] = message
+    if newest:
+        _record_last_telemetry(session, newest, now)
+    return len(inserted)
 
 
 # Rollout-device states a device's update status moves to; final ones never move back.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,11 +91,18 @@ def _unstorable_value(value: object) -> str | None:
     return None
 
 
-def unstorable(message: Presence | Telemetry | UpdateStatus) -> str | None:
+# In a payload without these, no integer has over 18 digits and no text holds NUL (JSON escapes control
+# characters, and a raw one does not parse); the wire models refuse NaN and infinity themselves. (An
+# integer written with an exponent, 1e20, only reaches the columns checked one by one above.)
+_SUSPECT = re.compile(rb"\d{19,}|\\u0000")
+
+
+def unstorable(message: Presence | Telemetry | UpdateStatus, payload: bytes | None = None) -> str | None:
     """Why the database would refuse this message (a short reason without its content); None when it fits.
 
     The wire allows any integer and any text length; the columns do not, and PostgreSQL refuses NUL in
-    text. Checked before a message joins a batch, so one message never fails the batch of others.
+    text. Checked before a message joins a batch, so one message never fails the batch of others. With
+    the `payload` it came in, the walk through every value runs only when the bytes hint at a problem.
     """
     small: list[int | None] = []
     names: list[str | None] = []
@@ -113,8 +121,13 @@ def unstorable(message: Presence | Telemetry | UpdateStatus) -> str | None:
         names = [message.model]
     if any(v is not None and not INT32_MIN <= v <= INT32_MAX for v in small):
         return "a number beyond its 32-bit column"
+    seq = getattr(message, "seq", None)
+    if seq is not None and not INT64_MIN <= seq <= INT64_MAX:
+        return "a number beyond its 64-bit column"
     if any(v is not None and len(v) > MODEL_NAME_MAX for v in names):
         return f"a model name over {MODEL_NAME_MAX} characters"
+    if payload is not None and not _SUSPECT.search(payload):
+        return None
     return _unstorable_value(message)
 
 
@@ -149,28 +162,37 @@ def apply_messages(
     """Write a batch of parsed messages in order: presence, then telemetry in bulk, update statuses."""
     stats = stats if stats is not None else IngestStats()
     names = {msg.device for msg in messages}
-    devices = {
-        d.name: d
-        for d in session.scalars(
-            select(m.Device).where(m.Device.name.in_(names), m.Device.revoked_at.is_(None))
+    # Telemetry, most of what comes in, needs only the device's id; ORM objects only for the rest.
+    known = {
+        name: (device_id, fleet)
+        for device_id, name, fleet in session.execute(
+            select(m.Device.id, m.Device.name, m.Device.fleet).where(
+                m.Device.name.in_(names), m.Device.revoked_at.is_(None)
+            )
         )
     }
-    telemetry: list[tuple[m.Device, Telemetry]] = []
+    stateful = {msg.device for msg in messages if not isinstance(msg, Telemetry) and msg.device in known}
+    devices = (
+        {d.name: d for d in session.scalars(select(m.Device).where(m.Device.name.in_(stateful)))}
+        if stateful
+        else {}
+    )
+    telemetry: list[tuple[int, Telemetry]] = []
     for message in messages:
-        device = devices.get(message.device)
-        if device is None or device.fleet != message.fleet:
+        ref = known.get(message.device)
+        if ref is None or ref[1] != message.fleet:
             stats.dropped += 1
             log.warning(
                 "dropped a %s message from unknown device %s/%s", message.kind, message.fleet, message.device
             )
             continue
-        if isinstance(message, Presence):
-            crud.apply_presence(session, device=device, presence=message)
+        if isinstance(message, Telemetry):
+            telemetry.append((ref[0], message))
+        elif isinstance(message, Presence):
+            crud.apply_presence(session, device=devices[message.device], presence=message)
             stats.stored += 1
-        elif isinstance(message, Telemetry):
-            telemetry.append((device, message))
         elif isinstance(message, UpdateStatus):
-            if crud.record_update(session, device=device, message=message):
+            if crud.record_update(session, device=devices[message.device], message=message):
                 stats.stored += 1
             else:
                 stats.duplicates += 1
@@ -248,7 +270,7 @@ class IngestWriter:
             if message is None:
                 self.stats.dropped += 1
                 continue
-            problem = unstorable(message)
+            problem = unstorable(message, bytes(item.payload))
             if problem is not None:
                 self.stats.dropped += 1
                 log.warning(

@@ -133,7 +133,7 @@ def test_a_batch_the_database_refuses_is_halved_until_the_poison_is_alone(
     writer_registry, backend, monkeypatch
 ):
     """The check before batching is the first line; halving is the second, for what it does not foresee."""
-    monkeypatch.setattr("cloud_registry.ingest.unstorable", lambda message: None)
+    monkeypatch.setattr("cloud_registry.ingest.unstorable", lambda message, payload=None: None)
     acked: list[int] = []
     writer = IngestWriter(writer_registry.factory, ack=lambda mid, qos: acked.append(mid))
     good = [telemetry("dev-b", seq) for seq in range(1, 20)]

@@ -1,0 +1,47 @@
+"""The bulk telemetry write (one statement per batch on PostgreSQL, no ORM object per message) stores
+what the per-row path stored: duplicates dropped, the newest message per device as its last, columns
+and JSON as before. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from cloud_registry import crud
+from cloud_registry import models as m
+from tests.cloud_registry import test_ingest_poison
+from tests.cloud_registry.helpers import telemetry
+
+database_url = test_ingest_poison.database_url
+writer_registry = test_ingest_poison.writer_registry  # a registry without MQTT, devices dev-a and dev-b
+
+
+def _device(session, name: str) -> m.Device:  # type: ignore[no-untyped-def]
+    return session.scalar(select(m.Device).where(m.Device.name == name))
+
+
+def test_bulk_telemetry_rows_duplicates_and_the_newest_per_device(writer_registry, backend):
+    factory = writer_registry.factory
+    with factory() as session:
+        a, b = _device(session, "dev-a").id, _device(session, "dev-b").id
+    first = telemetry("dev-a", 5, p95=12.5, confidence=[1] * 10)
+    first.queue = None
+    batch = [(a, first), (a, telemetry("dev-a", 3)), (b, telemetry("dev-b", 1, version=None)), (a, first)]
+    with factory() as session, session.begin():
+        assert crud.record_telemetry(session, items=batch) == 3  # the repeated msg_id once
+    with factory() as session, session.begin():  # again: all known, and an older seq than the last
+        assert crud.record_telemetry(session, items=[*batch, (a, telemetry("dev-a", 4))]) == 1
+    with factory() as session:
+        rows = session.scalars(select(m.TelemetryRecord).order_by(m.TelemetryRecord.id)).all()
+        assert [(r.device_id, r.seq) for r in rows] == [(a, 5), (a, 3), (b, 1), (a, 4)]
+        row = rows[0]
+        assert (row.model_name, row.model_version, row.count, row.errors) == ("digits", 1, 100, 0)
+        assert row.latency_ms_p95 == pytest.approx(12.5) and row.latency_ms_p50 == pytest.approx(6.25)
+        assert row.interval_s == 10 and row.sent_at == pytest.approx(first.sent_at)
+        assert row.system == {} and row.queue is None  # no nulls kept in system, SQL NULL for none
+        assert row.drift["confidence_hist"] == [1] * 10 and rows[2].model_name is None
+        dev_a, dev_b = _device(session, "dev-a"), _device(session, "dev-b")
+        assert dev_a.last_telemetry["seq"] == 5 and dev_a.last_telemetry["msg_id"] == first.msg_id
+        assert (dev_a.model_name, dev_a.current_version, dev_a.slot, dev_a.online) == ("digits", 1, "a", True)
+        assert dev_a.last_telemetry_at and dev_a.last_seen
+        assert dev_b.last_telemetry["seq"] == 1 and dev_b.model_name is None  # no model: nothing claimed
