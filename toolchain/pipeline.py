@@ -41,9 +41,10 @@ from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
 from toolchain.sources import is_tensorflow_source
 from toolchain.speed import host_threads, relative_latency
-from toolchain.validate import EvalData, align_outputs, judge, task_metrics
+from toolchain.validate import EvalData, align_outputs, judge, label_free_detection_data, task_metrics
 
-# The opset we export at unless a target's ceiling is lower: wide support across runtimes.
+# The opset edgectl exports at unless a target's ceiling is lower: wide support across runtimes.
+# An ONNX source keeps its own opset where the target runs it (`export_opset`).
 PREFERRED_OPSET = 17
 SENSITIVITY_SAMPLES = 16
 
@@ -71,6 +72,7 @@ class BuildRequest(BaseModel):
     mean: list[float] | None = None
     std: list[float] | None = None
     labels: Path | None = None
+    task: Literal["detect", "classify", "other"] | None = None  # None: what the model says (or other)
     calib_limit: int = Field(default=128, ge=1)
     val_limit: int = Field(default=5000, ge=1)
     bench_runs: int = Field(default=50, ge=1)
@@ -170,13 +172,18 @@ def _load_labels(req: BuildRequest, fallback: list[str]) -> list[str]:
         ) from exc
 
 
-def _eval_data(req, task, pre, shape, calibration) -> EvalData | None:
+def _eval_data(req, task, pre, shape, calibration, fp32_path, nms) -> EvalData | None:
     if req.val is not None:
         if task == "detect":
             det = datasets.load_detection_set(req.val, pre, shape, req.val_limit)
             return EvalData("val", task, det.inputs, boxes=det.boxes, class_names=det.class_names)
         cls = datasets.load_classification_set(req.val, pre, shape, req.val_limit)
         return EvalData("val", "classify", cls.inputs, labels=cls.labels, class_names=cls.class_names)
+    if calibration is not None and task == "detect":  # no labels: FP32's own detections are the ground truth
+        from toolchain.runners import open_runner, run_all, runtime_for
+
+        fp32_outputs = run_all(open_runner(runtime_for(fp32_path), fp32_path), calibration)
+        return label_free_detection_data(calibration, fp32_outputs, nms)
     if calibration is not None:
         return EvalData("calib", task, calibration)
     return None
@@ -184,9 +191,9 @@ def _eval_data(req, task, pre, shape, calibration) -> EvalData | None:
 
 def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBuild]:
     from edgebundle import bundle_name_for, load_private_key, write_bundle
-    from toolchain.onnx_export import export_onnx, onnx_input_shape, tensor_specs
+    from toolchain.onnx_export import export_onnx, export_opset, onnx_input_shape, tensor_specs
     from toolchain.runners import open_runner, run_all, runs_on_host, runtime_for
-    from toolchain.sources import resolve_source
+    from toolchain.sources import apply_task, check_task_outputs, resolve_source
     from toolchain.tf_export import keras_saved_model
 
     reporter = reporter or Reporter()
@@ -210,7 +217,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
 
     # 2. the source and what it says about itself
     reporter.stage("reading the model")
-    source = resolve_source(req.model, req.weights)
+    source = apply_task(resolve_source(req.model, req.weights), req.task)
     tensorflow_source = is_tensorflow_source(source)
     _check_source_kind(source, plans)
     shape = req.input_shape or source.input_shape
@@ -237,7 +244,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     sensitivity_inputs: np.ndarray | None = None  # a few inputs for ranking layer sensitivity
     for profile, converter, precision in plans:
         # the FP32 reference: a checked ONNX export, or a Keras source's static-shape SavedModel
-        opset = min(PREFERRED_OPSET, profile.opset_ceiling)
+        opset = export_opset(source, profile.opset_ceiling, PREFERRED_OPSET)
         if tensorflow_source:
             if "tf" not in exported:
                 reporter.stage("exporting the Keras model to a SavedModel")
@@ -251,11 +258,12 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
             fp32_path, cached = exported[opset]
             inputs, outputs = tensor_specs(fp32_path)
         task = source.task
-        if task == "other" and len(outputs) == 1 and len(outputs[0].shape) == 2 and outputs[0].shape[1] > 1:
-            task = "classify"
+        if task == "other" and req.task is None and len(outputs) == 1 and len(outputs[0].shape) == 2:
+            task = "classify" if outputs[0].shape[1] > 1 else task
+        check_task_outputs(source, task, [o.shape for o in outputs])
         if evaluation is None:
             reporter.stage("loading validation data")
-            evaluation = _eval_data(req, task, pre, shape, calibration)
+            evaluation = _eval_data(req, task, pre, shape, calibration, fp32_path, source.nms)
             if evaluation is not None and evaluation.kind == "val":
                 snapshots["val"] = _array_sha256(evaluation.inputs)
             if evaluation is not None and task == "detect":
