@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 
 from device_agent.errors import InferenceInputError
 from device_agent.metrics import InferenceMetrics
-from device_agent.postprocess import Detection, Prediction, best_anchor, classify, detect, is_distribution
+from device_agent.postprocess import (
+    Detection,
+    Prediction,
+    best_anchor,
+    classify,
+    detect,
+    is_distribution,
+    scale_boxes,
+)
 from device_agent.preprocess import (
     ImagePreprocessor,
     Placement,
@@ -112,6 +120,12 @@ class Pipeline:
 
             self._drift = DriftAccumulator(self.task, len(self.labels), self._drift_layout)
         self._quantized_outputs = any(info.quantization is not None for info in self.session.outputs)
+        self._box_size = None  # (width, height): box rows come normalized to 0..1 (TFLite detectors)
+        if self.task == "detect" and self.artifact.boxes == "normalized" and self.artifact.inputs:
+            spec = self.artifact.inputs[0]
+            hw = spec.shape[1:3] if spec.layout == "NHWC" else spec.shape[2:4]
+            if len(hw) == 2 and min(hw) > 0:
+                self._box_size = (hw[1], hw[0])
         self._logits: bool | None = None
         self.sampler: SampleCollector | None = None  # device_agent.samples; None: no sample upload
         self.model_ref = ModelRef(
@@ -163,6 +177,8 @@ class Pipeline:
                     dequantize(value, info.quantization)
                     for value, info in zip(raw, self.session.outputs, strict=True)
                 ]
+            if self._box_size is not None:
+                outputs = [scale_boxes(outputs[0], *self._box_size), *outputs[1:]]
             result = InferenceResult(self.model_ref, self.task, latency_ms, outputs=outputs)
             if self.task == "classify":
                 if self._logits is None:  # a model answers logits or probabilities, always the same

@@ -114,6 +114,17 @@ def best_anchor(output: np.ndarray) -> np.ndarray:
     return output[np.arange(batch), :, best][:, :, None]
 
 
+def scale_boxes(output: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A (batch, 4 + classes, anchors) output with normalized box rows, in input pixels (a copy)."""
+    import numpy as np
+
+    out = np.array(output, dtype=np.float32)
+    if out.ndim == 3 and out.shape[1] > 4:
+        out[:, [0, 2]] *= width
+        out[:, [1, 3]] *= height
+    return out
+
+
 def detect(
     output: np.ndarray, params: NMSParams, labels: list[str], placement: Placement | None
 ) -> list[Detection]:

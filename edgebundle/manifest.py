@@ -108,6 +108,11 @@ class Artifact(_Model):
     outputs: list[TensorSpec]
     validation: ValidationReport | None = Field(default=None, description="This artifact against FP32.")
     benchmark: BenchmarkReport | None = Field(default=None, description="This artifact on the build host.")
+    boxes: Literal["pixels", "normalized"] | None = Field(
+        default=None,
+        description="A detector's box rows (cx, cy, w, h): input pixels, or normalized to 0..1 by the input "
+        "width and height (TFLite detectors, Ultralytics' convention); None for other tasks.",
+    )
 
 
 class FileEntry(_Model):

@@ -524,9 +524,11 @@ def _nms_comment(manifest: Manifest) -> str:
     nms = manifest.postprocessing.nms
     if manifest.postprocessing.task != "detect" or nms is None:
         return ""
+    normalized = any(a.boxes == "normalized" for a in manifest.artifacts if a.format == "tflite")
+    units = "normalized to 0..1 (multiply by the input width and height)" if normalized else "in input pixels"
     return (
-        f"\n// Detector output ({nms.output_format}): (batch, 4 + classes, anchors), boxes cx, cy, w, h in input"
-        f"\n// pixels; apply NMS with conf {nms.conf_threshold:g}, IoU {nms.iou_threshold:g}, "
+        f"\n// Detector output ({nms.output_format}): (batch, 4 + classes, anchors), boxes cx, cy, w, h"
+        f"\n// {units}; apply NMS with conf {nms.conf_threshold:g}, IoU {nms.iou_threshold:g}, "
         f"at most {nms.max_detections} boxes."
     )
 

@@ -102,3 +102,96 @@ def tflite_decode_tail(model: bytes) -> list[str]:
             starts.append(node)
     tail = _downstream(starts, consumers, outputs)
     return [tensor(int(t))["name"] for op in ops if str(op["index"]) in tail for t in op["outputs"]]
+
+
+# Ultralytics' convention for TFLite detectors: box rows (cx, cy, w, h) normalized to 0..1 by the input
+# size, so that `yolo val` / `YOLO(model.tflite)` (which multiplies them back) score the file as edgectl
+# does. The model says so itself, in Ultralytics' way: a metadata.json entry of a zip appended to the
+# flatbuffer (LiteRT ignores trailing bytes).
+METADATA_ENTRY = "metadata.json"
+
+
+def normalize_boxes(onnx_path: Path, out_path: Path) -> Path:
+    """A copy of a detector whose box rows are divided by the input width and height before the final Concat.
+
+    The head's output is Concat(boxes (1, 4, N), scores (1, classes, N)) on axis 1; a Mul by
+    [1/W, 1/H, 1/W, 1/H] goes on the box input. Raises ExportError when the graph does not end that way.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from toolchain.errors import ExportError
+
+    model = onnx.load(str(onnx_path))
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    output = graph.output[0].name
+    concat = next((n for n in graph.node if output in n.output and n.op_type == "Concat"), None)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    boxes = concat.input[0] if concat is not None else None
+    axis = next((a.i for a in concat.attribute if a.name == "axis"), None) if concat is not None else None
+    if boxes is None or axis != 1 or dims.get(boxes, [])[:2] != [1, 4]:
+        raise ExportError(
+            "this detector's output is not Concat(boxes (1, 4, N), scores) as edgectl's TFLite export expects",
+            hint="export the model with Ultralytics' default head, or build --task other",
+        )
+    height, width = (d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[2:4])
+    scale = np.array([1 / width, 1 / height, 1 / width, 1 / height], np.float32).reshape(1, 4, 1)
+    graph.initializer.append(numpy_helper.from_array(scale, "edgectl_box_scale"))
+    normalized = "edgectl_boxes_normalized"
+    mul = helper.make_node("Mul", [boxes, "edgectl_box_scale"], [normalized], name="edgectl_normalize_boxes")
+    concat.input[0] = normalized
+    nodes = list(graph.node)
+    graph.ClearField("node")
+    at = nodes.index(concat)
+    graph.node.extend([*nodes[:at], mul, *nodes[at:]])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def embed_metadata(model: bytes, metadata: dict) -> bytes:
+    """The flatbuffer with a zip holding metadata.json appended, as Ultralytics' own TFLite exports carry."""
+    import io
+    import json
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(METADATA_ENTRY, json.dumps(metadata, sort_keys=True))
+    return model + buffer.getvalue()
+
+
+def embedded_metadata(path: Path) -> dict:
+    """The metadata.json a TFLite file carries (edgectl's or Ultralytics'), or {} when it has none."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_ENTRY in archive.namelist():
+                value = json.loads(archive.read(METADATA_ENTRY))
+                return value if isinstance(value, dict) else {}
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return {}
+
+
+def ultralytics_metadata(labels: list[str], input_shape: list[int], name: str) -> dict:
+    """Metadata in the keys Ultralytics' backends read: task, names, imgsz, stride, batch, channels."""
+    from toolchain.deps import version_of
+
+    height, width = input_shape[2], input_shape[3]
+    return {
+        "description": f"{name}: built by edgectl; box rows normalized to 0..1 by the input size",
+        "author": "edgectl",
+        "version": version_of("edgectl"),
+        "task": "detect",
+        "batch": 1,
+        "channels": int(input_shape[1]),
+        "imgsz": [int(height), int(width)],
+        "stride": 32,
+        "names": {str(i): label for i, label in enumerate(labels)},
+        "edgectl_boxes": "normalized",
+    }

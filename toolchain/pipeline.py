@@ -368,6 +368,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                         outputs=art_out,
                         validation=report,
                         benchmark=bench,
+                        boxes=item.boxes or ("pixels" if task == "detect" else None),
                     )
                 )
             primary = artifacts[0]

@@ -93,6 +93,16 @@ class LiteRTRunner:
         self.input_shape = [int(d) for d in first["shape"]]
         self.input_dtype = np.dtype(first["dtype"])
         self._outputs = self.interpreter.get_output_details()
+        # A detector in Ultralytics' TFLite convention (edgectl's included) has box rows in 0..1; they are
+        # scaled back to input pixels here, so it is judged against the FP32 model like any other artifact.
+        from toolchain.detector_head import embedded_metadata
+
+        metadata = embedded_metadata(path)
+        self._box_size = None
+        if metadata.get("task") == "detect" and len(self.input_shape) == 4:
+            nhwc = self.input_shape[3] in (1, 3, 4) and self.input_shape[1] not in (1, 3, 4)
+            height, width = self.input_shape[1:3] if nhwc else self.input_shape[2:4]
+            self._box_size = (width, height)
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype == self.input_dtype and list(batch.shape) == self.input_shape:
@@ -115,6 +125,10 @@ class LiteRTRunner:
             scale, zero_point = detail["quantization"]
             if value.dtype.kind in "iu" and scale:
                 value = (value.astype(np.float32) - zero_point) * np.float32(scale)
+            if self._box_size is not None and value.ndim == 3 and value.shape[1] > 4:
+                value = value.copy()
+                value[:, [0, 2]] *= self._box_size[0]
+                value[:, [1, 3]] *= self._box_size[1]
             outputs.append(value)
         return outputs
 

@@ -19,7 +19,7 @@ scale for both would erase the scores, so detector outputs stay float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,8 @@ class TFLiteQuantizer:
         self.saved_model = saved_model
         self.int8_output = int8_output
         self._float32: bytes | None = None
+        # What every written model goes through: a detector's gets Ultralytics-style metadata appended.
+        self.seal: Callable[[bytes], bytes] = lambda model: model
         self._calibrated: bytes | None = None
         self.input_shape, self.input_dtype = self._input_signature()
         # calibration holds samples without their batch axis, in the source's layout

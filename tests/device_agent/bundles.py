@@ -185,7 +185,9 @@ def classifier_bundle(
     return publish(staging, manifest, private_key, root / "out")
 
 
-def detector_bundle(root: Path, private_key, raw: np.ndarray, *, version: int = 1) -> Built:
+def detector_bundle(
+    root: Path, private_key, raw: np.ndarray, *, version: int = 1, boxes: str | None = None
+) -> Built:
     staging = root / f"stage-det-{version}"
     staging.mkdir(parents=True)
     detector_onnx(staging / "model.onnx", raw)
@@ -195,6 +197,7 @@ def detector_bundle(root: Path, private_key, raw: np.ndarray, *, version: int = 
         precision="fp32",
         inputs=[TensorSpec(name="x", shape=[1, 3, 64, 64], dtype="float32", layout="NCHW")],
         outputs=[TensorSpec(name="out", shape=list(raw.shape), dtype="float32")],
+        boxes=boxes,
     )
     manifest = manifest_for(
         "det",

@@ -204,12 +204,16 @@ def test_detection_filters_suppresses_per_class_and_caps():
     assert len(detect(raw, NMSParams(max_detections=1), ["a", "b"], None)) == 1
 
 
-def test_a_detector_bundle_answers_boxes_in_image_pixels(tmp_path, signing):
+@pytest.mark.parametrize("boxes", ["pixels", "normalized"])
+def test_a_detector_bundle_answers_boxes_in_image_pixels(tmp_path, signing, boxes):
+    """Box rows in input pixels, or normalized to 0..1 as TFLite detectors give them (the manifest says)."""
     raw = np.zeros((1, 6, 3), dtype=np.float32)
     raw[0, :, 0] = [32, 32, 20, 20, 0.95, 0.0]
     raw[0, :, 1] = [33, 32, 20, 20, 0.70, 0.0]
     raw[0, :, 2] = [10, 10, 4, 4, 0.0, 0.5]
-    built = detector_bundle(tmp_path, signing.private, raw)
+    if boxes == "normalized":
+        raw[0, :4] /= 64  # the input is 64x64
+    built = detector_bundle(tmp_path, signing.private, raw, boxes=boxes)
     result = pipeline_for(built).infer_image(png(np.zeros((64, 128, 3), np.uint8)))
     assert [(d.label, round(d.score, 2)) for d in result.detections] == [("square", 0.95), ("circle", 0.5)]
     # 128x64 letterboxed into 64x64: ratio 0.5, 16 rows of padding on top.

@@ -70,6 +70,7 @@ class ConvertedArtifact:
     validation: ValidationReport | None = None  # when the converter already judged it
     repair: LayerRepair | None = None
     notes: list[str] = field(default_factory=list)  # added to the artifact's validation notes
+    boxes: str | None = None  # a detector's box rows: "pixels", or "normalized" to 0..1 by the input size
 
 
 @dataclass

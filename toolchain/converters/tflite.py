@@ -71,29 +71,44 @@ class TFLiteConverter(Converter):
                 f"target {ctx.profile.name} asks for unknown companion artifacts {unknown}",
                 hint=f"known: {', '.join(COMPANIONS)}",
             )
+        detector = ctx.task == "detect" and ctx.saved_model is None
         if ctx.saved_model is not None:
             saved_model = ctx.saved_model
         else:
+            from toolchain.detector_head import normalize_boxes
             from toolchain.tf_export import onnx_to_saved_model
 
+            onnx_model = ctx.fp32_onnx
+            if detector:  # Ultralytics' TFLite convention: box rows in 0..1 (see toolchain.detector_head)
+                onnx_model = normalize_boxes(ctx.fp32_onnx, ctx.workdir / "boxes_normalized.onnx")
             ctx.progress("onnx2tf: ONNX to TensorFlow (NHWC)", 0, 1)
-            saved_model, _ = onnx_to_saved_model(ctx.fp32_onnx, ctx.calibration)
+            saved_model, _ = onnx_to_saved_model(onnx_model, ctx.calibration)
             ctx.progress("onnx2tf: ONNX to TensorFlow (NHWC)", 1, 1)
         quantizer = TFLiteQuantizer(
             saved_model, ctx.calibration, int8_output=ctx.task != "detect", log=ctx.workdir / "convert.log"
         )
+        if detector:
+            from toolchain.detector_head import embed_metadata, ultralytics_metadata
+
+            metadata = ultralytics_metadata(ctx.labels, ctx.input_shape, ctx.profile.name)
+            quantizer.seal = lambda model: embed_metadata(model, metadata)
         if ctx.precision not in ("fp32", "fp16", "int8"):
             raise UserInputError(f"TFLite has no {ctx.precision} mode", hint="pass fp32, fp16 or int8")
 
         path, report, repair = self._primary(ctx, quantizer)
         notes = [FP16_NOTE] if ctx.precision == "fp16" else []
+        boxes = ("normalized" if detector else "pixels") if ctx.task == "detect" else None
         artifacts = [
-            ConvertedArtifact(path, "model", "tflite", ctx.precision, validation=report, notes=notes)
+            ConvertedArtifact(
+                path, "model", "tflite", ctx.precision, validation=report, notes=notes, boxes=boxes
+            )
         ]
         if "gpu-fp16" in companions and ctx.precision != "fp16":
             gpu = ctx.workdir / "model_fp16.tflite"
-            gpu.write_bytes(quantizer.float16())
-            artifacts.append(ConvertedArtifact(gpu, "gpu", "tflite", "fp16", notes=[FP16_NOTE]))
+            gpu.write_bytes(quantizer.seal(quantizer.float16()))
+            artifacts.append(
+                ConvertedArtifact(gpu, "gpu", "tflite", "fp16", notes=[FP16_NOTE], boxes=artifacts[0].boxes)
+            )
         if "ort" in companions and ctx.fp32_onnx is None:
             artifacts[0].notes.append(NO_ORT_NOTE)
         elif "ort" in companions:
@@ -113,10 +128,10 @@ class TFLiteConverter(Converter):
         suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}[ctx.precision]
         final = ctx.workdir / f"model{suffix}.tflite"
         if ctx.precision == "fp32":
-            final.write_bytes(quantizer.float32())
+            final.write_bytes(quantizer.seal(quantizer.float32()))
             return final, None, None
         if ctx.precision == "fp16":
-            final.write_bytes(quantizer.float16())
+            final.write_bytes(quantizer.seal(quantizer.float16()))
             return final, None, None
 
         from toolchain import repair
@@ -126,7 +141,7 @@ class TFLiteConverter(Converter):
 
         def write(model: bytes) -> Path:
             path = ctx.workdir / f"candidate-{next(counter)}.tflite"
-            path.write_bytes(model)
+            path.write_bytes(quantizer.seal(model))
             return path
 
         def quantize(keep: list[str]) -> Path:
