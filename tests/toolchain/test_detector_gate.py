@@ -204,3 +204,11 @@ def test_task_detect_makes_a_bare_onnx_a_detector(yolo, yolo_onnx, keys, tmp_pat
     assert manifest.postprocessing.task == "detect" and manifest.postprocessing.nms is not None
     assert manifest.preprocessing.resize_mode == "letterbox"
     assert manifest.validation.gate == "fp32-detections" and manifest.validation.passed
+
+
+def test_a_detector_without_ground_truth_never_passes_on_cosine():
+    from toolchain.validate import EvalData, judge
+
+    outputs = [np.random.default_rng(0).random((2, 7, 21), dtype=np.float32)]
+    report = judge(EvalData("calib", "detect", np.zeros((2, 3, 8, 8))), outputs, {}, outputs, None, 1.0)
+    assert report.fidelity.cosine == 1.0 and not report.passed and report.gate is None
