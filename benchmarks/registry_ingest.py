@@ -92,49 +92,96 @@ def publish_all(port: int, names: list[str], messages: int, publishers: int) -> 
     return started, processes
 
 
+def _replica(settings: dict, ready, go, stop, results) -> None:  # type: ignore[no-untyped-def]
+    """One registry replica in a process of its own; reports its ingest stats and CPU seconds from `go`."""
+    sys.path.insert(0, str(ROOT))
+    from cloud_registry.core.config import Settings
+    from cloud_registry.service import Registry
+
+    registry = Registry(Settings(**settings))
+    registry.start()
+    assert registry.link.subscribed.wait(60)
+    ready.put(settings["mqtt_client_id"])
+    go.wait()
+    cpu = time.process_time()
+    stop.wait()
+    cpu = time.process_time() - cpu
+    stats = registry.ingest.stats.as_dict()
+    registry.stop()
+    results.put({"replica": settings["mqtt_client_id"], "cpu_s": cpu, **stats})
+
+
 def run_case(
-    backend: str, database_url: str, devices: int, messages: int, publishers: int, work: Path
+    backend: str,
+    database_url: str,
+    devices: int,
+    messages: int,
+    publishers: int,
+    work: Path,
+    replicas: int = 1,
 ) -> dict:
+    """Registry replicas (processes, one MQTT 5 shared subscription when several) and publisher processes."""
+    import multiprocessing
+
     from cloud_registry.core.config import Settings
     from cloud_registry.service import Registry
     from tests.services import Mosquitto
 
-    broker = Mosquitto(work / f"broker-{backend}", persistence=False).start()
-    registry = Registry(
-        Settings(
-            data_dir=work / f"registry-{backend}",
-            database_url=database_url,
-            mqtt_host="127.0.0.1",
-            mqtt_port=broker.port,
-            mqtt_client_id=f"bench-registry-{backend}",
-            reconcile_interval_s=3600,
-        )
-    )
-    registry.start()
+    label = f"{backend}-x{replicas}"
+    broker = Mosquitto(work / f"broker-{label}", persistence=False).start()
+    common = {
+        "data_dir": work / f"registry-{label}",
+        "database_url": database_url,
+        "reconcile_interval_s": 3600,
+    }
+    setup = Registry(Settings(**common))  # migrates and enrolls; then only counts rows
+    setup.start()
+    context = multiprocessing.get_context("spawn")
+    ready, go, stop, results = context.Queue(), context.Event(), context.Event(), context.Queue()
+    processes = []
     try:
-        assert registry.link.subscribed.wait(20)
-        names = enroll_fleet(registry, devices)
+        names = enroll_fleet(setup, devices)
+        for index in range(replicas):
+            settings = {
+                **common,
+                "mqtt_host": "127.0.0.1",
+                "mqtt_port": broker.port,
+                "mqtt_client_id": f"bench-registry-{label}-{index}",
+                "mqtt_share_group": "bench" if replicas > 1 else None,
+            }
+            processes.append(context.Process(target=_replica, args=(settings, ready, go, stop, results)))
+            processes[-1].start()
+        for _ in processes:
+            ready.get(timeout=120)
         total = devices * messages
-        started, processes = publish_all(broker.port, names, messages, publishers)
-        cpu_started = time.process_time()  # this process is the registry alone: broker, publishers apart
+        go.set()
+        started, publishers_running = publish_all(broker.port, names, messages, publishers)
         deadline = time.monotonic() + 600
         published = None
-        while stored(registry) < total and time.monotonic() < deadline:
+        while stored(setup) < total and time.monotonic() < deadline:
             time.sleep(0.05)
-            if published is None and not any(p.is_alive() for p in processes):
+            if published is None and not any(p.is_alive() for p in publishers_running):
                 published = time.perf_counter()
         done = time.perf_counter()
-        cpu_s = time.process_time() - cpu_started
         published = published or done
+        for process in publishers_running:
+            process.join(60)
+        time.sleep(0.5)  # the last acknowledgements
+        stop.set()
+        per_replica = sorted((results.get(timeout=120) for _ in processes), key=lambda r: r["replica"])
+        count = stored(setup)
+    finally:
+        stop.set()
         for process in processes:
             process.join(60)
-        count = stored(registry)
-        stats = registry.ingest.stats.as_dict()
-    finally:
-        registry.stop()
+        setup.stop()
         broker.stop()
+    received = sum(r["received"] for r in per_replica)
+    batches = sum(r["batches"] for r in per_replica)
+    cpu_s = sum(r["cpu_s"] for r in per_replica)
     return {
         "backend": backend,
+        "replicas": replicas,
         "devices": devices,
         "messages_per_device": messages,
         "publishers": publishers,
@@ -144,10 +191,12 @@ def run_case(
         "ingest_s": round(done - started, 3),
         "ingested_per_s": round(count / (done - started), 1),
         "registry_cpu_s_per_10k": round(cpu_s / max(1, count) * 10_000, 3),
-        "batches": stats["batches"],
-        "mean_batch": round(stats["received"] / max(1, stats["batches"]), 1),
-        "duplicates": stats["duplicates"],
-        "dropped": stats["dropped"],
+        "received_per_replica": [r["received"] for r in per_replica],
+        "received": received,
+        "batches": batches,
+        "mean_batch": round(received / max(1, batches), 1),
+        "duplicates": sum(r["duplicates"] for r in per_replica),
+        "dropped": sum(r["dropped"] for r in per_replica),
     }
 
 
@@ -170,12 +219,19 @@ def main() -> None:
         if not args.skip_postgres:
             server = Postgres().start()
             try:
-                rows.append(
-                    run_case(
-                        "postgresql", server.database(), args.devices, args.messages, args.publishers, work
+                for replicas in (1, 2):
+                    rows.append(
+                        run_case(
+                            "postgresql",
+                            server.database(),
+                            args.devices,
+                            args.messages,
+                            args.publishers,
+                            work,
+                            replicas,
+                        )
                     )
-                )
-                print(json.dumps(rows[-1]))
+                    print(json.dumps(rows[-1]))
             finally:
                 server.stop()
     host = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -188,16 +244,19 @@ def main() -> None:
         "",
         f"Real Mosquitto, QoS 1, {args.devices} simulated devices x {args.messages} messages over "
         f"{args.publishers} MQTT connections; host: {host['cpus']} CPUs, {host['machine']}, Python {host['python']} "
-        "(broker, registry and publishers share the machine; the publishers run in processes of their own, "
-        "and the registry's CPU is its own process's).",
+        "(broker, registry and publishers share the machine; each registry replica and each publisher is a "
+        "process of its own, and the registry CPU is the replicas' processes'; several replicas split one "
+        "MQTT 5 shared subscription).",
         "",
-        "| database | messages | stored | publish s | ingest s | ingested / s | registry CPU s / 10k | batches | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| database | replicas | messages | stored | received per replica | publish s | ingest s | ingested / s "
+        "| registry CPU s / 10k | duplicates | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['messages']} | {r['stored']} | {r['publish_s']} | {r['ingest_s']} | "
-            f"{r['ingested_per_s']} | {r['registry_cpu_s_per_10k']} | {r['batches']} | {r['mean_batch']} |"
+            f"| {r['backend']} | {r['replicas']} | {r['messages']} | {r['stored']} | "
+            f"{', '.join(map(str, r['received_per_replica']))} | {r['publish_s']} | {r['ingest_s']} | "
+            f"{r['ingested_per_s']} | {r['registry_cpu_s_per_10k']} | {r['duplicates']} | {r['mean_batch']} |"
         )
     (args.out / "registry_ingest.md").write_text("\n".join(lines) + "\n")
 

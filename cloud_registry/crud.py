@@ -653,9 +653,17 @@ WHERE d.id = u.id AND COALESCE((d.last_telemetry->>'seq')::bigint, -1) <= (u.t->
 """
 
 
+_PG_LOCK_DEVICES = "SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+
+
 def _record_last_telemetry(session: Session, newest: dict[int, Telemetry], now: float) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.connection().exec_driver_sql(_PG_LAST_TELEMETRY, (now, now, _batch_json(newest.items())))
+        connection = session.connection()
+        # Replicas sharing a subscription update the same devices: take their rows in one order (by id),
+        # so two batches wait for each other instead of deadlocking (NO KEY: the telemetry rows' foreign
+        # key share-locks the same devices, and this lock leaves that alone).
+        connection.exec_driver_sql(_PG_LOCK_DEVICES, (sorted(newest),))
+        connection.exec_driver_sql(_PG_LAST_TELEMETRY, (now, now, _batch_json(newest.items())))
         return
     known = dict(
         session.execute(

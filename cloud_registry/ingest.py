@@ -304,7 +304,7 @@ class IngestWriter:
                 if not database_unavailable(exc):
                     return self._split(messages, exc)
                 log.error(
-                    "ingest: the database is unavailable (%s); retrying %d messages in %.1f s",
+                    "ingest: the database is unavailable or the write conflicted (%s); retrying %d messages in %.1f s",
                     type(exc).__name__,
                     len(messages),
                     delay,
@@ -337,7 +337,9 @@ class IngestWriter:
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """True for a database that is down or unreachable (retry later); False for one that refuses the data."""
+    """True for a database that is down or unreachable, or a write that lost a deadlock or serialization
+    conflict (PostgreSQL reports those as OperationalError too): retry later. False for one that refuses
+    the data."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError)
