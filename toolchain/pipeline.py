@@ -545,7 +545,12 @@ def _gate_error(
         )
     else:
         what = f"output cosine {report.fidelity.cosine:.4f}, top-1 agreement {report.fidelity.top1_agreement}"
+    if report.gate == "fp32-detections":
+        what += " against FP32's own detections (no --val)"
+    tail = len(report.repair.decode_tail_float) if report.repair else 0
     repaired = f" even with {kept} layers kept in float" if kept else ""
+    if tail:
+        repaired += f" {'and' if kept else 'with'} the {tail}-op decode tail in float"
     which = f" ({artifact})" if artifact else ""
     error = AccuracyGateError(
         f"{profile.name} {precision}{which}: {what} breaks --max-drop {report.max_drop_points}{repaired}",
