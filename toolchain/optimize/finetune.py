@@ -134,19 +134,19 @@ def finetune_detector(
         pretrained=False,
         distill_model=checkpoint if distill else None,
     )
-    trainer = PrunedTrainer(overrides=args)
     done = [0]
 
     def on_batch_end(t) -> None:
         done[0] += 1
         progress(label, done[0], epochs * len(t.train_loader))
 
-    trainer.add_callback("on_train_batch_end", on_batch_end)
     level = LOGGER.level
     LOGGER.setLevel(logging.ERROR)  # also hides most of Ultralytics' progress bars
     workdir.mkdir(parents=True, exist_ok=True)
-    try:  # the image cache's bars print to stdout regardless, which --json keeps for its document
+    try:  # its argument dump and the image cache's bars print to stdout, which --json keeps for its document
         with open(workdir / "ultralytics.log", "w") as log, contextlib.redirect_stdout(log):
+            trainer = PrunedTrainer(overrides=args)
+            trainer.add_callback("on_train_batch_end", on_batch_end)
             trainer.train()
     finally:
         LOGGER.setLevel(level)

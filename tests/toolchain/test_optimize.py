@@ -1,0 +1,332 @@
+"""`edgectl optimize`: real Torch-Pruning, real fine-tuning, then the pruned models through `edgectl build`.
+
+The digits CNN (TorchScript, unfrozen) and the tests' YOLO11n (Ultralytics checkpoint, fine-tuned by
+Ultralytics' trainer) are pruned by 30% and fine-tuned briefly; each pruned model must be smaller and
+cheaper, and build for `cpu` and `rpi5` at int8 as it is. Bad input gets one error line, a hint, and
+leaves nothing in --out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli import assert_refused, build_flags, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits_train(tmp_path_factory) -> Path:
+    """The digits CNN's own training split as an .npz (x in [0, 1], y class indices)."""
+    from toolchain.finetune_digits import _original_digits
+
+    x_train, y_train, _, _ = _original_digits(32)
+    path = tmp_path_factory.mktemp("digits-train") / "train.npz"
+    np.savez(path, x=x_train, y=y_train)
+    return path
+
+
+def _optimize_flags(out: Path, train, val, *extra) -> list:
+    return ["--prune", "0.3", "--train", train, "--val", val, "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def pruned_digits(digits, digits_train, tmp_path_factory):
+    from toolchain.cli.main import main
+
+    out = tmp_path_factory.mktemp("pruned-digits") / "model"
+    args = _optimize_flags(out, digits_train, digits.val, "--epochs", "2", "--input-shape", "1,1,32,32")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # a module fixture: no capsys
+        code = main(["optimize", str(digits.model), *map(str, args), "--max-drop", "0.5", "--json"])
+    assert code == 0
+    return json.loads(stdout.getvalue()), out
+
+
+def test_digits_prune_removes_channels_and_keeps_top1(pruned_digits):
+    report, out = pruned_digits
+    assert report["schema"] == "edgectl.optimize/1" and report["passed"]
+    assert report["source_kind"] == "torchscript" and report["task"] == "classify" and report["ratio"] == 0.3
+    before, after = report["before"], report["after"]
+    assert after["params"] < 0.7 * before["params"] and after["macs"] < 0.7 * before["macs"]
+    assert after["onnx_bytes"] < before["onnx_bytes"]
+    assert before["latency_ms_p50"] > 0 and after["latency_ms_p50"] > 0 and report["speedup"] > 0
+    assert before["metrics"]["top1"] > 95.0
+    assert before["metrics"]["top1"] - after["metrics"]["top1"] <= 0.5
+    assert report["distilled"] is True
+    layers = {row["layer"]: row for row in report["layers"]}
+    convs = [row for row in layers.values() if row["kind"] == "Conv2d"]
+    assert convs and all(row["after"] < row["before"] for row in convs)
+    (head,) = [row for row in layers.values() if row["kind"] == "Linear"]
+    assert head["before"] == head["after"] == 10  # the output layer keeps its classes
+    assert sorted(p.name for p in out.iterdir()) == [
+        "digits_cnn-pruned.pruning.json",
+        "digits_cnn-pruned.pt",
+        "digits_cnn-pruned.report.json",
+    ]
+
+
+def test_digits_sidecar_describes_the_pruned_file_only(pruned_digits, digits):
+    from toolchain.optimize import read_pruning_record
+
+    report, out = pruned_digits
+    model = out / "digits_cnn-pruned.pt"
+    record = read_pruning_record(model)
+    assert record is not None and record.ratio == 0.3 and record.distilled
+    assert record.source_kind == "torchscript" and record.source_filename == "digits_cnn.pt"
+    assert record.params_after == report["after"]["params"] and record.metric == "top1"
+    assert record.lineage()["ratio"] == 0.3 and "model_sha256" not in record.lineage()
+    assert read_pruning_record(digits.model) is None  # no sidecar beside the original
+    assert read_pruning_record(model, "0" * 64) is None  # a sidecar of another file is not believed
+
+
+def test_pruned_digits_build_for_cpu_and_rpi5_at_int8(pruned_digits, digits, keys, tmp_path):
+    from edgebundle import read_manifest
+    from toolchain.cli.main import main
+
+    _, out = pruned_digits
+    flags = build_flags(keys, tmp_path, calib=digits.calib, val=digits.val, max_drop="1", bench_runs="5")
+    args = ["build", str(out / "digits_cnn-pruned.pt"), "--target", "cpu", "--target", "rpi5"]
+    assert main([*args, "--precision", "int8", "--name", "pruned", *map(str, flags)]) == 0
+    for target, runtime in (("cpu", "onnxruntime"), ("rpi5", "tflite")):
+        manifest = read_manifest(tmp_path / f"pruned-v1-{target}")
+        assert manifest.precision == "int8" and manifest.runtime == runtime
+        assert manifest.validation.passed and manifest.validation.reference["top1"] > 95.0
+
+
+def digits_factory():
+    """An entry point for the test below: the demo CNN's class, untrained."""
+    from toolchain.demo import _make_model
+
+    return _make_model()[0]
+
+
+def test_entry_point_is_pruned_and_written_as_torchscript(digits, digits_train, tmp_path, capsys):
+    import torch
+
+    from toolchain.sources import resolve_source
+
+    weights = tmp_path / "digits.state.pt"
+    torch.save(torch.jit.load(str(digits.model)).state_dict(), weights)
+    out = tmp_path / "out"
+    flags = _optimize_flags(out, digits_train, digits.val, "--epochs", "1", "--max-drop", "100")
+    flags += ["--weights", weights, "--input-shape", "1,1,32,32", "--bench-runs", "5", "--json"]
+    result = run(capsys, "optimize", f"{__name__}:digits_factory", *flags)
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["source_kind"] == "torch-entrypoint" and "TorchScript" in report["notes"][0]
+    assert report["after"]["macs"] < 0.7 * report["before"]["macs"]
+    assert resolve_source(str(out / "digits_factory-pruned.pt")).kind == "torchscript"
+
+
+@pytest.fixture(scope="module")
+def pruned_yolo(yolo, tmp_path_factory):
+    from toolchain.cli.main import main
+
+    checkpoint, data_yaml = yolo
+    out = tmp_path_factory.mktemp("pruned-yolo") / "model"
+    # two epochs: enough to show the mechanics; the benchmark fine-tunes for the accuracy figures
+    args = _optimize_flags(
+        out, data_yaml, data_yaml, "--epochs", "2", "--max-drop", "100", "--bench-runs", "10"
+    )
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["optimize", str(checkpoint), *map(str, args), "--json"]) == 0
+    assert json.loads(stdout.getvalue())["passed"]  # Ultralytics' own output kept off stdout
+    return out
+
+
+def test_yolo_prune_writes_an_ultralytics_checkpoint_with_fewer_channels(pruned_yolo, yolo):
+    from toolchain.optimize import read_pruning_record
+    from toolchain.sources import resolve_source
+
+    model = pruned_yolo / "best-pruned.pt"
+    source = resolve_source(str(model))
+    assert source.kind == "ultralytics" and source.task == "detect"
+    assert source.labels == resolve_source(str(yolo[0])).labels
+    record = read_pruning_record(model)
+    assert record is not None and record.source_kind == "ultralytics" and record.metric == "mAP50-95"
+    assert not record.distilled  # detectors fine-tune on labels unless --distill
+    assert record.macs_after < 0.7 * record.macs_before and record.params_after < record.params_before
+    report = json.loads((pruned_yolo / "best-pruned.report.json").read_text())
+    assert {"mAP50-95", "mAP50"} <= set(report["after"]["metrics"])
+    head = [row for row in report["layers"] if re.search(r"\.(cv[23]\.\d\.2|dfl\.conv)$", row["layer"])]
+    assert len(head) == 7 and all(
+        row["before"] == row["after"] for row in head
+    )  # box/class outputs and DFL kept
+
+
+def test_pruned_yolo_builds_for_cpu_and_rpi5_at_int8(pruned_yolo, yolo, keys, tmp_path, capsys):
+    from edgebundle import read_manifest
+
+    _, data_yaml = yolo
+    result = run(
+        capsys,
+        "build",
+        pruned_yolo / "best-pruned.pt",
+        "--target",
+        "cpu",
+        "--target",
+        "rpi5",
+        "--precision",
+        "int8",
+        "--calib",
+        data_yaml.parent / "images" / "train",
+        "--calib-limit",
+        "32",
+        "--val",
+        data_yaml,
+        "--max-drop",
+        "100",
+        "--bench-runs",
+        "5",
+        "--sign-key",
+        keys[0],
+        "--out",
+        tmp_path,
+        "--name",
+        "pruned",
+    )
+    assert result.code == 0, result.err
+    for target in ("cpu", "rpi5"):
+        manifest = read_manifest(tmp_path / f"pruned-v1-{target}")
+        assert manifest.precision == "int8" and manifest.postprocessing.task == "detect"
+
+
+# ---------------------------------------------------------------------------
+# bad input: one error line, a hint, nothing written
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", ["0", "1", "1.5", "-0.2"])
+def test_ratio_outside_zero_one(ratio, digits, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--prune", ratio, "--train", digits.val, "--val", digits.val, "--out", out]
+    result = run(capsys, "optimize", digits.model, *args)
+    assert_refused(result, out, "outside (0, 1)", "fraction of channels")
+
+
+def test_missing_torch_pruning_names_the_extra(digits, tmp_path, capsys, monkeypatch):
+    import toolchain.deps
+
+    available = toolchain.deps.is_available
+    monkeypatch.setattr(
+        toolchain.deps, "is_available", lambda name: name != "torch_pruning" and available(name)
+    )
+    out = tmp_path / "out"
+    result = run(capsys, "optimize", digits.model, *_optimize_flags(out, digits.val, digits.val))
+    assert_refused(result, out, "torch_pruning", "edgectl[prune]")
+
+
+def test_model_yaml_has_no_weights_to_prune(yolo, tmp_path, capsys):
+    out = tmp_path / "out"
+    _, data_yaml = yolo
+    result = run(capsys, "optimize", "yolo11n.yaml", *_optimize_flags(out, data_yaml, data_yaml))
+    assert_refused(result, out, "without trained weights")
+
+
+def test_entry_point_without_weights(tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run(capsys, "optimize", "torchvision.models:resnet18", *_optimize_flags(out, tmp_path, tmp_path))
+    assert_refused(result, out, "needs a state-dict file", "--weights")
+
+
+def test_onnx_source_cannot_be_pruned(tmp_path, capsys):
+    import torch
+
+    model = tmp_path / "m.onnx"
+    torch.onnx.export(torch.nn.Conv2d(1, 2, 3), (torch.zeros(1, 1, 8, 8),), str(model), dynamo=False)
+    out = tmp_path / "out"
+    result = run(capsys, "optimize", model, *_optimize_flags(out, tmp_path, tmp_path))
+    assert_refused(result, out, "cannot be pruned", "PyTorch source")
+
+
+def test_torchscript_that_cannot_be_unfrozen(tmp_path, capsys):
+    import torch
+
+    class Doubled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3)) * 2
+
+    model = tmp_path / "doubled.pt"
+    torch.jit.save(torch.jit.trace(Doubled(), torch.zeros(1, 1, 8, 8)), str(model))
+    out = tmp_path / "out"
+    flags = _optimize_flags(out, tmp_path, tmp_path, "--input-shape", "1,1,8,8")
+    result = run(capsys, "optimize", model, *flags)
+    assert_refused(result, out, "cannot be unfrozen", "package.module:factory")
+
+
+def test_unfreeze_rebuilds_traced_and_scripted_sequentials():
+    import torch
+
+    from toolchain.demo import _make_model
+    from toolchain.optimize.unfreeze import unfreeze
+
+    model, _ = _make_model((8, 16, 32))
+    model.eval()
+    example = torch.rand(2, 1, 32, 32)
+    for frozen in (torch.jit.trace(model, example[:1]), torch.jit.script(model)):
+        eager = unfreeze(frozen, [1, 1, 32, 32], "digits.pt")
+        assert not isinstance(eager, torch.jit.ScriptModule)
+        assert torch.allclose(eager(example), model(example), atol=1e-6)
+
+
+def test_training_data_of_the_wrong_shape(digits, tmp_path, capsys):
+    train = tmp_path / "train.npz"
+    np.savez(train, x=np.zeros((8, 1, 28, 28), np.float32), y=np.zeros(8, np.int64))
+    out = tmp_path / "out"
+    flags = _optimize_flags(out, train, digits.val, "--input-shape", "1,1,32,32")
+    result = run(capsys, "optimize", digits.model, *flags)
+    assert_refused(result, out, "[1, 28, 28]", "the model takes [1, 32, 32]")
+
+
+def test_training_labels_beyond_the_models_classes(digits, tmp_path, capsys):
+    train = tmp_path / "train.npz"
+    np.savez(train, x=np.zeros((8, 1, 32, 32), np.float32), y=np.arange(8, dtype=np.int64) + 10)
+    out = tmp_path / "out"
+    flags = _optimize_flags(out, train, digits.val, "--input-shape", "1,1,32,32")
+    result = run(capsys, "optimize", digits.model, *flags)
+    assert_refused(result, out, "18 classes", "outputs 10")
+
+
+def test_detector_with_a_classification_folder(yolo, digits, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run(capsys, "optimize", yolo[0], *_optimize_flags(out, digits.val, yolo[1]))
+    assert_refused(result, out, "not a dataset yaml")
+
+
+def test_detector_with_a_dataset_of_other_classes(yolo, tmp_path, capsys):
+    import yaml
+
+    spec = yaml.safe_load(yolo[1].read_text())
+    spec["names"] = {0: "cat", 1: "dog"}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = run(capsys, "optimize", yolo[0], *_optimize_flags(out, other, yolo[1]))
+    assert_refused(result, out, "has 2 classes", "detects 3")
+
+
+def test_budget_broken_at_every_ratio_fails_with_the_attempts(digits, tmp_path, capsys):
+    from toolchain.finetune_digits import _original_digits
+
+    x_train, y_train, _, _ = _original_digits(32)
+    train = tmp_path / "few.npz"
+    np.savez(train, x=x_train[:64], y=y_train[:64])  # one short epoch: far from recovering 90% pruned
+    out = tmp_path / "out"
+    flags = ["--prune", "0.9", "--train", train, "--val", digits.val, "--out", out, "--epochs", "1"]
+    result = run(capsys, "optimize", digits.model, *flags, "--input-shape", "1,1,32,32", "--max-drop", "0")
+    assert_refused(result, out, "no pruning ratio holds --max-drop 0.0", "90%", "60%", "30%")
+    assert result.code == 3
+    assert "pruning attempts" in result.err  # the table, before the error line
