@@ -7,6 +7,10 @@ replicas on PostgreSQL each rollout is advanced by one of them at a time
 (`SELECT ... FOR UPDATE SKIP LOCKED`).
 
 One tick of a running rollout:
+0. devices that joined its selection since it was created (enrolled into its
+   group, moved into it, tagged) and are in no other active rollout join its
+   next wave (a wave appended for them while the last one runs), as hawkBit's
+   dynamic groups do;
 1. gate values over every device of the started waves (see `gates`);
 2. a gate above its threshold: halt, and order every updated device back to its
    previous version with a signed `RollbackOrder`;
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_registry import crud, gates, schemas
@@ -188,6 +192,78 @@ def _start_wave(
         devices=[e.device.name for e in rollout.devices if e.wave == index],
     )
     return publications
+
+
+# --------------------------------------------------------------------------- devices that join
+
+
+def _joiners(session: Session, rollout: m.Rollout) -> list[m.Device]:
+    """Devices that match the rollout's selection now and are in no active rollout: enrolled into its group
+    (or given its tag, moved into its group) since it was created, and able to take its version."""
+    selection = schemas.Selection.model_validate(rollout.selection)
+    version = rollout.version
+    targets = sorted({a.target for a in version.artifacts})
+    busy = (
+        select(m.RolloutDevice.id)
+        .join(m.Rollout, m.Rollout.id == m.RolloutDevice.rollout_id)
+        .where(m.RolloutDevice.device_id == m.Device.id, m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES))
+    )
+    query = select(m.Device).where(
+        m.Device.revoked_at.is_(None),
+        m.Device.target.in_(targets),
+        or_(
+            m.Device.model_name.is_(None),
+            m.Device.model_name != version.model.name,
+            m.Device.current_version.is_(None),
+            m.Device.current_version < version.version,
+        ),
+        ~busy.exists(),
+    )
+    if selection.target:
+        query = query.where(m.Device.target == selection.target)
+    if selection.group:
+        query = query.where(m.Device.group == selection.group)
+    devices = list(session.scalars(query.order_by(m.Device.name)))
+    if selection.tag:
+        devices = [d for d in devices if selection.tag in (d.tags or [])]
+    if selection.devices is not None:
+        wanted = set(selection.devices)
+        devices = [d for d in devices if d.name in wanted]
+    return devices
+
+
+def _add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
+    """Put the devices that joined the selection into the rollout's next wave, as hawkBit's dynamic groups do.
+
+    The next wave is the one after the current; while the last wave runs, a new wave (100 %) is appended for
+    them, so a late device never changes the running wave's success share or its timeout."""
+    devices = _joiners(session, rollout)
+    if not devices:
+        return
+    model_name = rollout.version.model.name
+    index = rollout.current_wave + 1
+    if index < len(rollout.wave_rows):
+        wave = rollout.wave_rows[index]
+        wave.size += len(devices)
+    else:
+        wave = m.RolloutWave(rollout_id=rollout.id, index=index, percent=100.0, size=len(devices))
+        rollout.wave_rows.append(wave)
+        rollout.waves = [*rollout.waves, 100.0]
+    for device in devices:
+        previous = device.current_version if device.model_name == model_name else None
+        rollout.devices.append(
+            m.RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=index, from_version=previous)
+        )
+    session.flush()
+    _decide(
+        session,
+        rollout,
+        "devices_joined",
+        f"{len(devices)} device(s) joined the selection during the rollout: they go in wave {index + 1}",
+        actor,
+        devices=[d.name for d in devices],
+        wave_index=index,
+    )
 
 
 # --------------------------------------------------------------------------- gate values
@@ -465,6 +541,7 @@ class Reconciler:
     def step(self, session: Session, rollout: m.Rollout) -> list[Publication]:
         now = self.clock()
         policy = schemas.GatePolicy.model_validate(rollout.policy)
+        _add_joiners(session, rollout, self.actor)
         values = evaluate(session, rollout)
         crossed = gates.crossed_gates(values, policy)
         if crossed:
