@@ -422,6 +422,39 @@ def device_telemetry(session: Session, *, device: m.Device, limit: int = 200) ->
     return list(reversed(list(rows)))
 
 
+def device_points(session: Session, *, device: m.Device, limit: int = 200) -> list[schemas.TelemetryPoint]:
+    """A device's newest `limit` telemetry points, oldest first: raw rows, and before them, when fewer
+    raw rows are kept than asked for, the hourly aggregates of telemetry past its retention."""
+    points = [telemetry_point(row) for row in device_telemetry(session, device=device, limit=limit)]
+    if len(points) >= limit:
+        return points
+    h = m.TelemetryHourly
+    query = select(h).where(h.device_id == device.id)
+    if points:
+        query = query.where(h.hour < points[0].received_at)
+    rows = session.scalars(query.order_by(h.hour.desc(), h.model_version.desc()).limit(limit - len(points)))
+    return [hourly_point(row) for row in reversed(list(rows))] + points
+
+
+def hourly_point(row: m.TelemetryHourly) -> schemas.TelemetryPoint:
+    reports = max(1, row.reports)
+    return schemas.TelemetryPoint(
+        received_at=row.hour,
+        sent_at=row.hour,
+        seq=0,
+        model_version=row.model_version or None,
+        count=round(row.inferences / reports),
+        errors=round(row.errors / reports),
+        latency_ms_p50=row.p50_weighted / row.p50_count if row.p50_count else None,
+        latency_ms_p95=row.p95_weighted / row.p95_count if row.p95_count else None,
+        throughput_per_s=row.inferences / row.seconds if row.seconds else 0.0,
+        cpu_percent=row.cpu_percent_sum / row.system_reports if row.system_reports else None,
+        memory_percent=row.memory_percent_sum / row.system_reports if row.system_reports else None,
+        temperature_c=None,
+        reports=reports,
+    )
+
+
 def telemetry_point(row: m.TelemetryRecord) -> schemas.TelemetryPoint:
     system = row.system or {}
     return schemas.TelemetryPoint(

@@ -171,8 +171,13 @@ class DesiredRecord(Base):
 
 
 class TelemetryRecord(Base):
+    """One telemetry message as it came, kept for `telemetry_retention_s`, then rolled up (TelemetryHourly)."""
+
     __tablename__ = "telemetry"
-    __table_args__ = (Index("ix_telemetry_device_time", "device_id", "received_at"),)
+    __table_args__ = (
+        Index("ix_telemetry_device_time", "device_id", "received_at"),
+        Index("ix_telemetry_received_at", "received_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     msg_id: Mapped[str] = mapped_column(String(32), unique=True)
@@ -190,6 +195,35 @@ class TelemetryRecord(Base):
     system: Mapped[dict[str, Any]] = mapped_column(default=dict)
     drift: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     queue: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class TelemetryHourly(Base):
+    """A device's telemetry of one hour on one model version, added up (cloud_registry.retention).
+
+    `model_name` "" and `model_version` 0 stand for telemetry without a model, so the key is unique."""
+
+    __tablename__ = "telemetry_hourly"
+    __table_args__ = (
+        UniqueConstraint("device_id", "model_name", "model_version", "hour"),
+        Index("ix_telemetry_hourly_hour", "hour"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    hour: Mapped[int] = mapped_column(BigInteger, doc="Unix seconds of the hour's start (received_at).")
+    reports: Mapped[int] = mapped_column(BigInteger, doc="Raw telemetry rows added up.")
+    seconds: Mapped[float] = mapped_column(Float, doc="Sum of their reporting intervals.")
+    inferences: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    p50_weighted: Mapped[float] = mapped_column(Float, doc="Sum of count * p50 where a p50 was reported.")
+    p50_count: Mapped[int] = mapped_column(BigInteger)
+    p95_weighted: Mapped[float] = mapped_column(Float, doc="Sum of count * p95 where a p95 was reported.")
+    p95_count: Mapped[int] = mapped_column(BigInteger)
+    cpu_percent_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    memory_percent_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    system_reports: Mapped[int] = mapped_column(BigInteger, default=0, doc="Reports with a cpu_percent.")
+    confidence_hist: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class UpdateEvent(Base):

@@ -278,6 +278,17 @@ def _device_windows(
     to_version = rollout.version.version
     model_name = rollout.version.model.name
     windows = []
+    starts = [e.started_at for e in entries if e.started_at is not None]
+    # Aggregates of the hours these windows overlap exist only once raw telemetry that old was rolled up
+    # (a rollout older than the retention): one query says whether to look for them per device.
+    hourly = bool(starts) and (
+        session.scalar(
+            select(m.TelemetryHourly.id)
+            .where(m.TelemetryHourly.hour > min(starts) - policy.baseline_window_s - 3600)
+            .limit(1)
+        )
+        is not None
+    )
     for entry in entries:
         if entry.started_at is None:
             continue
@@ -314,8 +325,51 @@ def _device_windows(
                     (row.drift or {}).get("confidence_hist"),
                     row.interval_s,
                 )
+        if hourly:
+            _add_hourly(session, before, after, entry, model_name, to_version, policy.baseline_window_s)
         windows.append((before, after))
     return windows
+
+
+def _add_hourly(
+    session: Session,
+    before: gates.Window,
+    after: gates.Window,
+    entry: m.RolloutDevice,
+    model_name: str,
+    to_version: int,
+    baseline_window_s: float,
+) -> None:
+    """Telemetry past its retention (cloud_registry.retention), to the hour: an hourly aggregate counts
+    in a window its hour overlaps. Raw rows and aggregates never cover the same message."""
+    h = m.TelemetryHourly
+    base = select(h).where(h.device_id == entry.device_id, h.model_name == model_name)
+    assert entry.started_at is not None
+    if entry.from_version is not None:
+        for row in session.scalars(
+            base.where(
+                h.model_version == entry.from_version,
+                h.hour > entry.started_at - baseline_window_s - 3600,
+                h.hour < entry.started_at,
+            )
+        ):
+            before.merge(_hourly_window(row))
+    if entry.state == "succeeded" and entry.finished_at is not None:
+        for row in session.scalars(
+            base.where(h.model_version == to_version, h.hour > entry.finished_at - 3600)
+        ):
+            after.merge(_hourly_window(row))
+
+
+def _hourly_window(row: m.TelemetryHourly) -> gates.Window:
+    return gates.Window(
+        inferences=row.inferences,
+        errors=row.errors,
+        p95_weighted=row.p95_weighted,
+        p95_count=row.p95_count,
+        confidence=list(row.confidence_hist or []),
+        seconds=row.seconds,
+    )
 
 
 def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:

@@ -203,6 +203,11 @@ class TelemetryPoint(BaseModel):
     cpu_percent: float | None
     memory_percent: float | None
     temperature_c: float | None
+    reports: int = Field(
+        default=1,
+        description="Raw reports this point stands for: 1, or more for an hourly aggregate of telemetry past "
+        "its retention (count and errors are then the mean per report).",
+    )
 
 
 # --------------------------------------------------------------------------- rollouts

@@ -22,6 +22,7 @@ from cloud_registry.core.files import private_dir
 from cloud_registry.crud import Publication
 from cloud_registry.ingest import Incoming, IngestWriter
 from cloud_registry.jobs.manager import JobManager
+from cloud_registry.retention import Retention
 from cloud_registry.rollouts import Reconciler
 from cloud_registry.storage import ArtifactStore, make_store
 from edgebundle.signing import key_id, load_private_key, load_public_key
@@ -69,6 +70,11 @@ class Registry:
         self.ingest: IngestWriter | None = None
         self.reconciler = Reconciler(
             self.factory, command_key=self.command_key, public_url=settings.public_url, publish=self.publish
+        )
+        self.retention = Retention(
+            self.factory,
+            retention_s=settings.telemetry_retention_s,
+            interval_s=settings.telemetry_rollup_interval_s,
         )
         self.jobs = JobManager(
             self.factory,
@@ -127,6 +133,7 @@ class Registry:
                 self.reconciler.tick()
             except Exception:
                 log.exception("reconciler tick failed")
+            self.retention.tick()  # raw telemetry past its retention into hourly aggregates
 
     def _retrain_loop(self) -> None:
         while not self._stop.wait(self.settings.retrain_interval_s):

@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     ingest_flush_s: float = Field(default=0.2, gt=0)
     reconcile_interval_s: float = Field(default=2.0, gt=0)
     presence_timeout_s: float = Field(default=180.0, gt=0)
+    telemetry_retention_s: float = Field(
+        default=7 * 86400,
+        ge=3600,
+        le=10 * 365 * 86400,
+        description="Raw telemetry is kept this long, then rolled up into hourly aggregates per device "
+        "and model version.",
+    )
+    telemetry_rollup_interval_s: float = Field(
+        default=300.0, gt=0, description="How often raw telemetry past its retention is rolled up."
+    )
 
     # The retraining loop (docs/retraining.md).
     drift_interval_s: float = Field(default=60.0, gt=0, description="How often fleet drift is scored.")

@@ -206,8 +206,7 @@ def device_page(
     name: Annotated[str, PathParam(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")],
 ) -> Response:
     device = crud.get_device(session, name=name)
-    rows = crud.device_telemetry(session, device=device, limit=500)
-    points = [crud.telemetry_point(r) for r in rows]
+    points = crud.device_points(session, device=device, limit=500)  # raw, then hourly past the retention
 
     def series(attr: str) -> list[tuple[float, float]]:
         return [(p.received_at, getattr(p, attr)) for p in points if getattr(p, attr) is not None]
