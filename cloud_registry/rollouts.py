@@ -203,10 +203,11 @@ def _joiners(session: Session, rollout: m.Rollout) -> list[m.Device]:
     selection = schemas.Selection.model_validate(rollout.selection)
     version = rollout.version
     targets = sorted({a.target for a in version.artifacts})
+    # Uncorrelated, so the database evaluates it once (a hash, not a lookup per device).
     busy = (
-        select(m.RolloutDevice.id)
+        select(m.RolloutDevice.device_id)
         .join(m.Rollout, m.Rollout.id == m.RolloutDevice.rollout_id)
-        .where(m.RolloutDevice.device_id == m.Device.id, m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES))
+        .where(m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES))
     )
     query = select(m.Device).where(
         m.Device.revoked_at.is_(None),
@@ -217,7 +218,7 @@ def _joiners(session: Session, rollout: m.Rollout) -> list[m.Device]:
             m.Device.current_version.is_(None),
             m.Device.current_version < version.version,
         ),
-        ~busy.exists(),
+        m.Device.id.not_in(busy),
     )
     if selection.target:
         query = query.where(m.Device.target == selection.target)
