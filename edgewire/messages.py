@@ -191,9 +191,21 @@ def parse_payload(kind: str, payload: bytes | str) -> _Wire:
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(raw)} bytes is over the {MAX_PAYLOAD_BYTES} byte limit")
     try:
+        return model.model_validate_json(raw)  # parsed and validated in one pass, no Python dict between
+    except ValidationError as exc:
+        if not _json_invalid(exc):
+            raise PayloadError(f"bad {kind} payload: {str(exc).splitlines()[0][:200]}") from exc
+    # JSON that pydantic's parser refuses: the standard library's (NaN and Infinity tokens, UTF-16 or
+    # UTF-32, a byte-order mark, a lone surrogate) decides, as it always did, so that what is accepted
+    # and refused, and the error, stay the same. Only bad input comes this way.
+    try:
         return model.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:
         raise PayloadError(f"bad {kind} payload: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def _json_invalid(exc: ValidationError) -> bool:
+    return any(error["type"] == "json_invalid" for error in exc.errors(include_url=False))
 
 
 def dump_payload(message: _Wire) -> bytes:
