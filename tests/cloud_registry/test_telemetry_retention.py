@@ -114,6 +114,21 @@ def test_raw_telemetry_stays_bounded_and_the_aggregates_add_up(api, backend):
     assert page.status_code == 200 and "<svg" in page.text
 
 
+def test_a_backlog_is_rolled_up_a_bounded_amount_per_tick(api):
+    factory = api.registry.factory
+    api.enroll("dev-0", "cpu")
+    with factory() as session, session.begin():
+        device_id = crud.get_device(session, name="dev-0").id
+        session.add_all(report(device_id, n, START + n * 600.0) for n in range(30))
+    clock = [START + 100 * HOUR]
+    retention = Retention(
+        factory, retention_s=HOUR, interval_s=HOUR, clock=lambda: clock[0], chunk=4, max_chunks=2
+    )
+    assert [retention.tick() for _ in range(5)] == [8, 8, 8, 6, 0]  # the backlog goes on; then the interval
+    clock[0] += HOUR
+    assert retention.tick() == 0
+
+
 def test_the_gates_judge_on_rolled_up_telemetry(api, backend, signing, tmp_path):
     """A rollout older than the retention: its devices' raw telemetry was rolled up; the gates still see it."""
     for version in (1, 2):
