@@ -153,6 +153,16 @@ class Settings(BaseSettings):
         return check_id(value, "fleet id")
 
     @model_validator(mode="after")
+    def _drift_within_retention(self) -> Settings:
+        if self.drift_window_s > self.telemetry_retention_s:
+            raise ValueError(
+                f"drift_window_s ({self.drift_window_s:g} s) is longer than telemetry_retention_s "
+                f"({self.telemetry_retention_s:g} s): fleet drift pools raw telemetry, which is kept only "
+                "that long"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _broker(self) -> Settings:
         if self.mosquitto_dir is not None:
             from cloud_registry.mosquitto import layout

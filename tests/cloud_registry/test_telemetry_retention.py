@@ -149,9 +149,18 @@ def test_the_gates_judge_on_rolled_up_telemetry(api, backend, signing, tmp_path)
     assert info["state"] == "halted" and "p95_regression 0.3 > 0.25" in info["reason"]
 
 
-def test_the_retention_setting_is_checked(tmp_path):
+def test_the_retention_setting_is_checked(tmp_path, capsys, monkeypatch):
     from cloud_registry.core.config import Settings
+    from tests.cli import run
 
     assert Settings(data_dir=tmp_path).telemetry_retention_s == 7 * 86400
     with pytest.raises(ValidationError, match="telemetry_retention_s"):
         Settings(data_dir=tmp_path, telemetry_retention_s=60)
+    with pytest.raises(ValidationError, match=r"drift_window_s .* is longer than telemetry_retention_s"):
+        Settings(data_dir=tmp_path, telemetry_retention_s=3600, drift_window_s=7200)
+    monkeypatch.delenv("EDGECTL_REGISTRY_CONFIG", raising=False)
+    monkeypatch.setenv("EDGECTL_REGISTRY_TELEMETRY_RETENTION_S", "60")
+    result = run(capsys, "registry", "serve")
+    assert result.code == 2 and len(result.error_lines) == 2, result.err
+    assert result.error_lines[0].startswith("error: registry settings are invalid")
+    assert "telemetry_retention_s" in result.err and result.error_lines[1].startswith("hint:")
