@@ -298,7 +298,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
         bars = ax.bar(
             ["FP32\nbefore", "FP32\npruned", "INT8\npruned"], values, color=["#888", "#3a7", "#37a"]
         )
-        ax.bar_label(bars, fmt="%.2f")
+        texts = [f"{v:.2f}" for v in values[:2]] + [f"{values[2]:.2f}" if values[2] else "refused by build"]
+        ax.bar_label(bars, labels=texts)
         ax.set_title(f"{r['model']}\n{r['input']}, {r['ratio']:.0%} pruned{_rounding(r)}", fontsize=8)
         ax.set_ylabel("p50 ms (ONNX Runtime, 1 thread)")
     fig.tight_layout()
