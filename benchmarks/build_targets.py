@@ -1,10 +1,11 @@
-"""Benchmark: the demo model through every available target, FP32 vs the target's default precision,
-plus the YOLO case that motivates the accuracy gate (full INT8 vs repaired INT8).
+"""Benchmark: the demo model through every available target, FP32 vs the target's default precision.
+
+Detectors have a benchmark of their own, beside the leading exporter: benchmarks/detector_int8.py.
 
 Writes benchmarks/results/build_targets.{json,md,png}. Figures are measured on
 the machine that runs the script; the host is recorded with them.
 
-    .venv/bin/python benchmarks/build_targets.py [--out benchmarks/results] [--skip-yolo]
+    .venv/bin/python benchmarks/build_targets.py [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -94,43 +95,6 @@ def bench_digits(work: Path, key: Path, runs: int) -> list[dict]:
     return rows
 
 
-def bench_yolo(work: Path, key: Path, runs: int) -> list[dict]:
-    """A YOLO11n trained here on generated shapes: FP32, then INT8 through the gate and its repair."""
-    from toolchain.pipeline import BuildRequest, build
-    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
-
-    data_yaml = make_shapes_detection_dataset(work / "shapes")
-    checkpoint = train_tiny_yolo(data_yaml, work / "yolo")
-    rows = []
-    plans = (
-        ("cpu", "fp32"),
-        ("cpu", "int8"),
-        ("rpi5", "fp32"),
-        ("rpi5", "int8"),
-        ("jetson-nano", "fp16"),
-        ("jetson-orin-nano", "int8"),  # the Q/DQ model TensorRT builds from, validated in ONNX Runtime
-    )
-    for target, precision in plans:
-        start = time.perf_counter()
-        (result,) = build(
-            BuildRequest(
-                model=str(checkpoint),
-                targets=[target],
-                precision=precision,
-                calib=data_yaml.parent / "images" / "train",
-                val=data_yaml,
-                max_drop=1.0,
-                calib_limit=64,
-                name=f"yolo11n-shapes-{precision}",
-                out=work / "bundles",
-                sign_key=key,
-                bench_runs=runs,
-            )
-        )
-        rows += _rows(result, time.perf_counter() - start)
-    return rows
-
-
 def write_markdown(rows: list[dict], host: str, path: Path) -> None:
     lines = [
         "# Build benchmark",
@@ -198,7 +162,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--skip-yolo", action="store_true")
     args = parser.parse_args()
     from edgebundle import generate_keypair
     from toolchain.benchmark import host_description
@@ -207,11 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgectl-bench-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("EDGECTL_CACHE_DIR", str(work / "cache"))
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "yolo-config"))
         key, _ = generate_keypair(work / "keys")
         rows = bench_digits(work, key, args.runs)
-        if not args.skip_yolo:
-            rows += bench_yolo(work, key, args.runs)
     host = host_description()
     (args.out / "build_targets.json").write_text(json.dumps({"host": host, "rows": rows}, indent=2) + "\n")
     write_markdown(rows, host, args.out / "build_targets.md")

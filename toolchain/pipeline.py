@@ -82,6 +82,7 @@ class BuildRequest(BaseModel):
     training_data: str | None = Field(default=None, max_length=1000)
     trigger: str | None = Field(default=None, max_length=100)
     int16_activations: bool = False  # TFLite: allow int16 activations (reference kernels, slower than FP32)
+    allow_slower_int8: bool = False  # ship INT8 for its size even when it is not faster than FP32 here
 
     @field_validator("input_shape")
     @classmethod
@@ -332,6 +333,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                 palettize=req.palettize,
                 speed=speed,
                 int16_activations=req.int16_activations,
+                allow_slower_int8=req.allow_slower_int8,
             )
             converted, precision, fallback_note = _convert(converter, ctx, req.precision)
             from toolchain.benchmark import benchmark

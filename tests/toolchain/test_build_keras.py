@@ -31,7 +31,10 @@ def keras_bundle(text_sample, keys, tmp_path_factory):
     from toolchain.cli.main import main
 
     out = tmp_path_factory.mktemp("keras")
-    args = [text_sample.model, "--target", "android", "--name", "reviews", *_flags(text_sample, keys, out)]
+    # A model this small runs INT8 no faster than FP32 on an x86 host (0.13 against 0.03 ms measured):
+    # INT8 is shipped for its size, and the notes say so when it measures slower.
+    args = [text_sample.model, "--target", "android", "--name", "reviews", "--allow-slower-int8"]
+    args += _flags(text_sample, keys, out)
     assert main(["build", *map(str, args)]) == 0
     return out / "reviews-v1-android"
 
@@ -48,7 +51,10 @@ def test_keras_text_model_builds_for_android_and_keeps_its_accuracy(keras_bundle
     assert set(by_role) == {"model", "gpu"}  # no .ort: there is no ONNX model to make it from
     assert any("no ONNX Runtime Mobile .ort file" in n for n in manifest.validation.notes)
     int8 = by_role["model"]
-    assert int8.path == "model_int8.tflite"
+    assert int8.path == "model_int8.tflite" and manifest.precision == "int8"
+    ratio = int8.validation.repair.p50_vs_fp32  # measured against the FP32 TFLite model in this build
+    slower = [n for n in int8.validation.notes if n.startswith("INT8 shipped although not faster")]
+    assert ratio is not None and bool(slower) == (ratio > 1.0), (ratio, int8.validation.notes)
     (spec,) = int8.inputs
     assert spec.shape == [1, 32] and spec.dtype == "int32" and spec.layout is None  # ids go in as they are
     for artifact in manifest.artifacts:

@@ -114,3 +114,19 @@ def test_auto_ships_fp32_and_says_why_when_int8_is_not_faster(
     assert bundle["precision"] == "fp32"
     notes = bundle["validation"]["notes"]
     assert any(n.startswith("--precision auto shipped fp32, not int8: cpu int8") for n in notes), notes
+
+
+def test_allow_slower_int8_ships_int8_for_its_size_and_says_so(
+    digits, keys, tmp_path, capsys, impossible_speed
+):
+    flags = build_flags(keys, tmp_path, calib=digits.calib, val=digits.val, target="cpu", bench_runs="5")
+    result = run(
+        capsys, "build", digits.model, "--precision", "int8", "--allow-slower-int8", "--json", *flags
+    )
+    assert result.code == 0, result.err
+    (bundle,) = result.json()["bundles"]
+    assert bundle["precision"] == "int8"
+    notes = bundle["validation"]["notes"]
+    assert any(n.startswith("INT8 shipped although not faster than the FP32 ONNX model") for n in notes), (
+        notes
+    )

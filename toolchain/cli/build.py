@@ -77,6 +77,11 @@ def build_command(
         help="TFLite INT8: allow int16 activations when int8 cannot hold --max-drop (reference kernels: "
         "much slower than FP32).",
     ),
+    allow_slower_int8: bool = typer.Option(
+        False,
+        "--allow-slower-int8",
+        help="Ship INT8 for its size even when it measures no faster than FP32 on this host (said in the notes).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build signed bundles of MODEL for each --target."""
@@ -117,6 +122,7 @@ def build_command(
         training_data=training_data,
         trigger=trigger,
         int16_activations=int16_activations,
+        allow_slower_int8=allow_slower_int8,
     )
     with RichReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
         results = build(request, reporter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class BuildContext:
     # (`toolchain.speed`); None where that runtime does not run on this host.
     speed: Callable[[Path, Path], SpeedCheck] | None = None
     int16_activations: bool = False  # --int16-activations: the user accepts TFLite's slower int16 kernels
+    allow_slower_int8: bool = False  # --allow-slower-int8: INT8 for its size, even when not faster than FP32
 
 
 @dataclass
@@ -147,16 +149,21 @@ def get_converter(profile: TargetProfile) -> Converter:
     return converter
 
 
-def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> None:
+def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> Int8Search:
     """Refuse an INT8 candidate that holds the budget but runs slower than the runtime's FP32 artifact.
 
     INT8 is asked for to be faster; one that is slower is never shipped silently. Under
-    `--precision auto` the pipeline then ships the float artifact instead and says why.
+    `--precision auto` the pipeline then ships the float artifact instead and says why. With
+    `--allow-slower-int8` (INT8 for its size) it ships, and its notes say how much slower it measured.
     """
     from toolchain.speed import MAX_RATIO
 
     if result.speed is None or result.speed.faster or not result.report.passed:
-        return
+        return result
+    if ctx.allow_slower_int8:
+        note = f"INT8 shipped although not faster than {fp32_what} (--allow-slower-int8): {result.speed.describe()}"
+        report = result.report.model_copy(update={"notes": [*result.report.notes, note]})
+        return dataclasses.replace(result, report=report)
     repair = result.repair
     if repair is None or repair.method == "none":
         how = "full INT8"
@@ -167,7 +174,7 @@ def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> 
     error = Int8TooSlowError(
         f"{ctx.profile.name} int8: the INT8 model that holds the accuracy budget ({how}) is not faster than "
         f"{fp32_what}: {result.speed.describe()}, above the {MAX_RATIO:g}x allowed",
-        hint="build --precision auto (ships the faster float artifact) or fp32"
+        hint="build --precision auto (ships the faster float artifact), or pass --allow-slower-int8 for INT8's size"
         + (", or give more representative --calib data" if repair and repair.layers_kept_float else ""),
     )
     error.report = result.report

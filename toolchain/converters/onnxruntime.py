@@ -57,7 +57,7 @@ class OnnxRuntimeConverter(Converter):
             detector=ctx.task == "detect",
             speed=speed,
         )
-        require_fast_int8(ctx, result, "the FP32 ONNX model in ONNX Runtime")
+        result = require_fast_int8(ctx, result, "the FP32 ONNX model in ONNX Runtime")
         shutil.copyfile(result.path, artifact)
         return ConverterResult(
             [ConvertedArtifact(artifact, "model", "onnx", "int8")],

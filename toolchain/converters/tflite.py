@@ -177,7 +177,7 @@ class TFLiteConverter(Converter):
         if not result.report.passed and ctx.int16_activations:
             result = self._int16(ctx, quantizer, write, result, speed)
         if result.repair is None or result.repair.activation_bits == 8:
-            require_fast_int8(ctx, result, "the FP32 TFLite model in LiteRT")
+            result = require_fast_int8(ctx, result, "the FP32 TFLite model in LiteRT")
         final.write_bytes(result.path.read_bytes())
         return final, result.report, result.repair
 
