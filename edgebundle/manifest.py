@@ -257,6 +257,26 @@ class DriftSummary(_Model):
         return self
 
 
+class PruningLineage(_Model):
+    """`edgectl optimize` pruned this model's source: how, and what it cost (from the source's sidecar)."""
+
+    method: str
+    ratio: float = Field(gt=0.0, lt=1.0)
+    round_to: int = Field(ge=1)
+    torch_pruning: str = Field(description="The Torch-Pruning version that pruned it.")
+    source_sha256: str = Field(description="The unpruned model's sha256.")
+    params_before: int = Field(ge=0)
+    params_after: int = Field(ge=0)
+    macs_before: int = Field(ge=0)
+    macs_after: int = Field(ge=0)
+    finetune_epochs: int = Field(ge=0)
+    finetune_data_sha256: str
+    distilled: bool
+    metric: str
+    metric_before: float
+    metric_after: float
+
+
 class Lineage(_Model):
     """Where a version comes from, for the registry's lineage and the retraining loop."""
 
@@ -268,6 +288,7 @@ class Lineage(_Model):
     trigger: str | None = Field(
         default=None, description="What started the build: manual, drift, schedule, ..."
     )
+    pruning: PruningLineage | None = Field(default=None, description="Set when the source was pruned.")
 
 
 class EngineBuild(_Model):

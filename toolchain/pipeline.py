@@ -28,6 +28,7 @@ from edgebundle.manifest import (
     Postprocessing,
     Precision,
     Preprocessing,
+    PruningLineage,
     SourceInfo,
     TensorSpec,
     ToolchainInfo,
@@ -219,6 +220,11 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
     # 2. the source and what it says about itself
     reporter.stage("reading the model")
     source = apply_task(resolve_source(req.model, req.weights), req.task)
+    pruning = None  # `edgectl optimize` leaves a sidecar that says how it pruned this very file
+    if Path(source.location).is_file():
+        from toolchain.optimize.request import read_pruning_record
+
+        pruning = read_pruning_record(Path(source.location), source.sha256)
     tensorflow_source = is_tensorflow_source(source)
     _check_source_kind(source, plans)
     shape = req.input_shape or source.input_shape
@@ -431,6 +437,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     training_data=req.training_data,
                     data_snapshots=snapshots,
                     trigger=req.trigger,
+                    pruning=PruningLineage(**pruning.lineage()) if pruning else None,
                 ),
                 **converted.manifest_sections,
             )
