@@ -155,7 +155,7 @@ def test_drift_on_devices_becomes_a_retrained_version_in_canary_rollout(fleet, d
         "triggers": {"drift": {"threshold": DRIFT_THRESHOLD, "sustained_s": 3, "min_samples": MIN_SAMPLES}},
         "min_labeled_samples": 100,
         "evaluation": {"holdout_fraction": 0.3, "min_holdout": 20},
-        "build": {"extra_args": ["--bench-runs", "3"]},
+        "build": {"extra_args": ["--bench-runs", "3", "--allow-slower-int8"]},
         "rollout": {"waves": [50, 100], "gates": {"bake_s": 600, "max_p95_regression": 100}},
     }
     policy_file = tmp_path / "policy.yaml"

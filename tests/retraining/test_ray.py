@@ -82,7 +82,7 @@ def test_a_retraining_job_runs_as_a_ray_task(tmp_path, digits_v1, ray_cluster):
         "groups": ["field"],
         "min_labeled_samples": 20,
         "evaluation": {"min_holdout": 5},
-        "build": {"extra_args": ["--bench-runs", "3"]},
+        "build": {"extra_args": ["--bench-runs", "3", "--allow-slower-int8"]},
         "rollout": {"enabled": False},
     }
     with TestClient(app) as client:
