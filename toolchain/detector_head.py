@@ -74,34 +74,26 @@ def tflite_decode_tail(model: bytes) -> list[str]:
 
     These are the names TensorFlow's MLIR quantizer takes as its denylist (what it keeps in float).
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from toolchain.tflite_quantize import tensor_table
 
-    interpreter = Interpreter(model_content=model)
-    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]  # private, the only op list
-    tensors = {}
-
-    def tensor(index: int) -> dict:
-        if index not in tensors:
-            tensors[index] = interpreter._get_tensor_details(index, 0)
-        return tensors[index]
-
-    produced = {int(t) for op in ops for t in op["outputs"]}
+    ops = tensor_table(model)
+    ranks = {index: rank for op in ops for index, _, rank in op["outputs"]}  # only produced tensors
     consumers: dict[str, list[str]] = {}
     outputs: dict[str, list[str]] = {}
     starts = []
-    for op in ops:
-        node = str(op["index"])
-        outputs[node] = [str(int(t)) for t in op["outputs"]]
+    for number, op in enumerate(ops):
+        node = str(number)
+        outputs[node] = [str(index) for index, _, _ in op["outputs"]]
         for t in op["inputs"]:
-            if int(t) >= 0:
-                consumers.setdefault(str(int(t)), []).append(node)
-        first = int(op["inputs"][0]) if len(op["inputs"]) else -1
-        if op["op_name"] not in FLATTENING_OPS or first not in produced:  # constants are not produced
+            if t >= 0:
+                consumers.setdefault(str(t), []).append(node)
+        first = op["inputs"][0] if op["inputs"] else -1
+        if op["op"] not in FLATTENING_OPS or first not in ranks:  # constants are not produced
             continue
-        if len(tensor(first)["shape"]) == 4 and len(tensor(int(op["outputs"][0]))["shape"]) < 4:
+        if ranks[first] == 4 and op["outputs"][0][2] < 4:
             starts.append(node)
     tail = _downstream(starts, consumers, outputs)
-    return [tensor(int(t))["name"] for op in ops if str(op["index"]) in tail for t in op["outputs"]]
+    return [name for number, op in enumerate(ops) if str(number) in tail for _, name, _ in op["outputs"]]
 
 
 # Ultralytics' convention for TFLite detectors: box rows (cx, cy, w, h) normalized to 0..1 by the input

@@ -63,11 +63,6 @@ class RepairOutcome:
     kept_float: list[str]
     attempts: list[dict[str, float | int | str]] = field(default_factory=list)
 
-    def summary(self, ranked: int) -> LayerRepair:
-        return LayerRepair(
-            layers_kept_float=self.kept_float, candidates_ranked=ranked, attempts=self.attempts
-        )
-
 
 def attempt_row(
     method: str, kept_float: int, report: ValidationReport, speed: SpeedCheck | None = None
@@ -90,7 +85,6 @@ def search_keep_float(
     quantize_keep_float: Callable[[list[str]], Path],
     evaluate: Callable[[Path], ValidationReport],
     speed: Callable[[Path], SpeedCheck] | None = None,
-    method: str = "keep-float",
 ) -> RepairOutcome:
     """Smallest k such that keeping the k most sensitive layers in float passes the gate."""
     attempts: list[dict[str, float | int | str]] = []
@@ -100,7 +94,7 @@ def search_keep_float(
         path = quantize_keep_float(list(ranked[:k]))
         report = evaluate(path)
         results[k] = (path, report)
-        attempts.append(attempt_row(method, k, report, speed(path) if speed else None))
+        attempts.append(attempt_row("keep-float", k, report, speed(path) if speed else None))
         return report.passed
 
     low, high, k = 0, None, 1

@@ -63,7 +63,8 @@ def to_model_layout(batch: np.ndarray, model_shape: list[int]) -> np.ndarray:
 
 
 def tensor_table(model: bytes) -> list[dict]:
-    """Every op of a TFLite flatbuffer: op name and its first output tensor's name and dtype."""
+    """Every op of a TFLite flatbuffer, in graph order: op name, its first output tensor's name and dtype,
+    its input tensor indices, and each output as (index, name, rank)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=model)
@@ -71,8 +72,21 @@ def tensor_table(model: bytes) -> list[dict]:
     for op in interpreter._get_ops_details():  # private, but the only API that lists ops
         if not len(op["outputs"]):
             continue
-        tensor = interpreter._get_tensor_details(op["outputs"][0], 0)
-        table.append({"op": op["op_name"], "name": tensor["name"], "dtype": np.dtype(tensor["dtype"]).name})
+        outputs = []
+        for index in op["outputs"]:
+            tensor = interpreter._get_tensor_details(int(index), 0)
+            outputs.append((int(index), tensor["name"], len(tensor["shape"])))
+            if len(outputs) == 1:
+                dtype = np.dtype(tensor["dtype"]).name
+        table.append(
+            {
+                "op": op["op_name"],
+                "name": outputs[0][1],
+                "dtype": dtype,
+                "inputs": [int(t) for t in op["inputs"]],
+                "outputs": outputs,
+            }
+        )
     return table
 
 

@@ -150,9 +150,8 @@ class TFLiteConverter(Converter):
             ctx.progress("calibrate + quantize (TFLite)", 1, 1)
             return path
 
-        every_node = quantizer.all_nodes()
-
         def rank(excluded: list[str]) -> list[tuple[str, float]]:
+            every_node = quantizer.all_nodes()
             return repair.rank_layers(
                 [name for name in quantizer.candidates() if name not in excluded],
                 lambda node: write(quantizer.int8([n for n in every_node if n != node])),
