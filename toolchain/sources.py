@@ -148,6 +148,9 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
             hint="pass an .onnx, TorchScript, .pt2, Ultralytics .pt/.yaml, .keras file, SavedModel folder "
             "or package.module:factory",
         )
+    # Absolute from here on: exporters and trainers (Ultralytics, onnx2tf) run in working folders of
+    # their own, where a path relative to the user's folder names nothing.
+    path = path.resolve()
     if path.is_dir():
         from toolchain.keras_source import is_keras_source
 

@@ -106,3 +106,17 @@ def test_a_tensor_input_manifest_has_no_image_fields(keys, tmp_path, capsys):
     manifest = read_manifest(out / "features-v1-cpu")  # still reads, and the signature still holds
     assert manifest.preprocessing.input == "tensor"
     verify_bundle(out / "features-v1-cpu", load_public_key(keys[1]))
+
+
+def test_a_relative_ultralytics_checkpoint_path_exports(yolo, monkeypatch):
+    """`edgectl build runs/train/weights/best.pt`: Ultralytics loads the checkpoint from a working
+    folder of its own, where the user's relative path named nothing (it failed with "No such file")."""
+    from toolchain.onnx_export import export_onnx
+    from toolchain.sources import resolve_source
+
+    checkpoint, _ = yolo
+    monkeypatch.chdir(checkpoint.parent.parent)
+    source = resolve_source(f"{checkpoint.parent.name}/{checkpoint.name}")
+    assert source.location == str(checkpoint.resolve())
+    onnx_path, _ = export_onnx(source, [1, 3, 96, 96], 17)
+    assert onnx.load(str(onnx_path)).graph.input[0].name
