@@ -8,9 +8,15 @@ Every `drift_interval_s` the registry pools the summaries of the last `drift_win
   against the reference (0: the same; above 0.25 a large shift, by the usual rule of thumb);
 - `mean_shift_z`: the largest per-channel two-sample z statistic of the input means
   (`edgewire.drift.mean_shift_z`: Welch's, with per-pixel stds, a conservative scale);
-- `score`: max(psi_confidence, psi_class), the one number a policy's drift trigger watches by default.
+- `score`: the input drift, psi_confidence: the one number a policy's drift trigger watches by default.
+  The prediction-mix drift, psi_class, is reported apart and triggers only when a policy asks
+  (`DriftTrigger.prediction_mix`): a camera that mostly sees one class, or one that sees the classes in
+  order, skews the mix of predicted classes (PSI up to 6.9 measured on ordinary digits) while its inputs
+  are as familiar to the model as ever (confidence PSI under 0.15).
 
-Rows are keyed by the tick (`bucket`), so several replicas scoring the same tick store it once.
+A window pooling fewer than `MIN_WINDOW_SAMPLES` inferences is not scored: PSI of a handful of inferences
+is noise (one inference scored 8.28). Rows are keyed by the tick (`bucket`), so several replicas scoring
+the same tick store it once.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from edgebundle.manifest import DriftSummary
 from edgewire.drift import mean_shift_z, merge, psi
 
 NO_GROUP = ""  # devices outside any group pool together under this name
+MIN_WINDOW_SAMPLES = 50  # a (version, group) window pooling fewer inferences is not scored
 
 
 def reference_of(version: m.ModelVersion) -> DriftSummary | None:
@@ -44,8 +51,14 @@ def compare(reference: DriftSummary, current: DriftSummary) -> dict[str, float]:
         "psi_class": psi(reference.class_hist, current.class_hist),
         "mean_shift_z": mean_shift_z(reference, current),
     }
-    values["score"] = max(values["psi_confidence"], values["psi_class"])
+    values["score"] = values["psi_confidence"]  # input drift; the prediction mix is psi_class, apart
     return values
+
+
+def trigger_value(row: m.DriftScore, trigger: rs.DriftTrigger) -> float:
+    """What a drift trigger compares with its threshold: its metric, and the prediction mix if it opted in."""
+    value = float(getattr(row, trigger.metric))
+    return max(value, row.psi_class) if trigger.prediction_mix else value
 
 
 def score_fleet(session: Session, *, window_s: float, interval_s: float, now: float | None = None) -> int:
@@ -91,6 +104,8 @@ def score_fleet(session: Session, *, window_s: float, interval_s: float, now: fl
         if reference is None:  # an unknown version, or one built without validation data
             continue
         current = merge(summaries)
+        if current.samples < MIN_WINDOW_SAMPLES:
+            continue
         records.append(
             {
                 "model_id": model_id,
@@ -157,7 +172,7 @@ def above_since(
     first = None
     previous_at = None
     for row in rows:
-        value = getattr(row, trigger.metric)
+        value = trigger_value(row, trigger)
         gap = previous_at is not None and row.at - previous_at > 2 * interval_s
         if row.samples < trigger.min_samples or value <= trigger.threshold or gap:
             first = None

@@ -10,10 +10,13 @@ A policy (`retraining_schemas.RetrainingPolicy`) is stored per model with a revi
 - manual: `POST /api/v1/models/{name}/retrain` (`manual_job`).
 
 A trigger fires only while the model has no queued or running job, after the cooldown, and with at
-least `min_labeled_samples` labeled samples. Each firing has a key (the drift run's first tick, the
-newest labeled sample, the schedule slot) and `(model, trigger_key)` is unique in the database: a
-replica that evaluates the same state again, or a registry restarted mid-evaluation, cannot make a
-second job of the same event.
+least `min_labeled_samples` labeled samples. A drift trigger also needs new evidence: a score counts
+only when its whole window came after the model's last job ended, and the drift of a version that a
+finished job already retrained from counts again only once new labels came in (`new_evidence`); the
+version that job made is judged on its own drift, once it is live. Each firing has a key (the drift
+run's first tick, the newest labeled sample, the schedule slot) and `(model, trigger_key)` is unique in
+the database: a replica that evaluates the same state again, or a registry restarted mid-evaluation,
+cannot make a second job of the same event.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cloud_registry.crud import Conflict, NotFound
 from cloud_registry.samples import labeled_query
 
 log = logging.getLogger("cloud_registry.retraining")
+OUTCOME_STATES = ("succeeded", "rejected")  # a job that trained and judged a candidate
 
 
 # --------------------------------------------------------------------------- policies
@@ -95,10 +99,19 @@ def policy_info(
                     "version": version,
                     "group": group,
                     "latest": rows[-1].at,
-                    policy.triggers.drift.metric: getattr(rows[-1], policy.triggers.drift.metric),
+                    policy.triggers.drift.metric: drift.trigger_value(rows[-1], policy.triggers.drift),
                     "above_since": _above_since_at(rows, policy.triggers.drift, interval_s),
                 }
             )
+    blocked = None
+    if active is None and labeled < policy.min_labeled_samples:
+        fired = _fire(
+            session, model, record, policy, time.time(), last_job_end(session, model.id), interval_s
+        )
+        blocked = (
+            f"{f'the {fired[0]} trigger fires, but ' if fired else ''}no job can start for want of labels: "
+            f"{labeled} labeled samples, the policy needs {policy.min_labeled_samples} (edgectl retrain label)"
+        )
     return rs.PolicyInfo(
         model=model.name,
         revision=record.revision,
@@ -111,6 +124,7 @@ def policy_info(
             new_labeled_samples=new,
             active_job=active.id if active else None,
             drift=series,
+            blocked=blocked,
         ),
     )
 
@@ -136,6 +150,52 @@ def _last_data_row(session: Session, model_id: int) -> int:
         )
         or 0
     )
+
+
+def last_job_end(session: Session, model_id: int) -> float | None:
+    """When the model's last job ended (or was made, if it never ran): where new drift evidence begins."""
+    return session.scalar(
+        select(func.max(func.coalesce(m.RetrainingJob.finished_at, m.RetrainingJob.created_at))).where(
+            m.RetrainingJob.model_id == model_id
+        )
+    )
+
+
+def _retrained_from(session: Session, model_id: int, version: int) -> bool:
+    """A job that ran to an outcome (a candidate accepted or refused) started from this version."""
+    return bool(
+        session.scalar(
+            select(m.RetrainingJob.id)
+            .where(
+                m.RetrainingJob.model_id == model_id,
+                m.RetrainingJob.parent_version == version,
+                m.RetrainingJob.state.in_(OUTCOME_STATES),
+            )
+            .limit(1)
+        )
+    )
+
+
+def new_evidence(session: Session, *, model_id: int, groups: list[str], before: float | None = None) -> int:
+    """Labels given (new samples labeled, or labels changed) after the dataset of the model's newest job
+    that ran to an outcome (of those made before `before`): 0 means a job would train on that data again."""
+    query = (
+        select(func.max(m.DatasetSnapshot.created_at))
+        .join(m.RetrainingJob, m.RetrainingJob.snapshot_id == m.DatasetSnapshot.id)
+        .where(
+            m.DatasetSnapshot.model_id == model_id,
+            m.RetrainingJob.state.in_(OUTCOME_STATES),
+        )
+    )
+    if before is not None:
+        query = query.where(m.DatasetSnapshot.created_at < before)
+    last = session.scalar(query)
+    labeled = labeled_query(model_id, groups)
+    if last is not None:
+        labeled = labeled.where(m.Sample.labeled_at > last)
+    if before is not None:
+        labeled = labeled.where(m.Sample.labeled_at < before)
+    return session.scalar(select(func.count()).select_from(labeled.subquery())) or 0
 
 
 def active_job(session: Session, *, model_id: int) -> m.RetrainingJob | None:
@@ -269,15 +329,22 @@ def _fire(  # type: ignore[no-untyped-def]
 ):
     """(trigger, key, details, parent version) of the first trigger that fires, or None.
 
-    Drift counts only scores after the model's last job: after a rejected job, drift must stay up for
-    another `sustained_s` before the next one.
+    Drift counts only scores whose window began after the model's last job ended (`last_job_at`): after
+    a job, drift must stay up for another `sustained_s` on telemetry of its own. A version some finished
+    job already retrained from needs new labels too (`new_evidence`).
     """
     triggers = policy.triggers
     if triggers.drift is not None:
         since = max(now - triggers.drift.sustained_s - 86400, last_job_at or 0.0)
+        fresh_labels = None
         for (version, group), rows in sorted(_drift_series(session, model.id, policy, since=since).items()):
-            rows = [r for r in rows if last_job_at is None or r.at > last_job_at]
+            rows = [r for r in rows if last_job_at is None or r.at - r.window_s >= last_job_at]
             first = drift.above_since(rows, triggers.drift, now=now, interval_s=interval_s)
+            if first is not None and _retrained_from(session, model.id, version):
+                if fresh_labels is None:
+                    fresh_labels = new_evidence(session, model_id=model.id, groups=policy.groups) > 0
+                if not fresh_labels:
+                    continue  # the loop answered this drift already: the same data would make the same model
             if first is not None and now - first.at >= triggers.drift.sustained_s:
                 latest = rows[-1]
                 details = {
@@ -285,7 +352,8 @@ def _fire(  # type: ignore[no-untyped-def]
                     "group": group,
                     "metric": triggers.drift.metric,
                     "threshold": triggers.drift.threshold,
-                    "value": getattr(latest, triggers.drift.metric),
+                    "value": drift.trigger_value(latest, triggers.drift),
+                    "psi_class": latest.psi_class,
                     "above_since": first.at,
                     "sustained_s": round(now - first.at, 3),
                 }
@@ -322,10 +390,7 @@ def evaluate_triggers(
         )
         if last is not None and now - last < policy.cooldown_s:
             continue
-        last_any = session.scalar(
-            select(func.max(m.RetrainingJob.created_at)).where(m.RetrainingJob.model_id == model.id)
-        )
-        fired = _fire(session, model, record, policy, now, last_any, interval_s)
+        fired = _fire(session, model, record, policy, now, last_job_end(session, model.id), interval_s)
         if fired is None:
             continue
         trigger, key, details, parent = fired

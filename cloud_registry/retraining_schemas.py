@@ -98,7 +98,9 @@ class DriftTrigger(_Body):
     """Retrain when a version's drift stays above a threshold in a device group for a sustained time."""
 
     metric: DriftMetric = Field(
-        default="score", description="score = max(psi_confidence, psi_class); or one of the statistics."
+        default="score",
+        description="score = the input drift (psi_confidence); or one of the statistics. A skewed mix of "
+        "predicted classes (psi_class) alone is not drift unless prediction_mix says so.",
     )
     threshold: float = Field(default=0.25, gt=0, le=1e9, description="Fires when the metric is above it.")
     sustained_s: float = Field(
@@ -106,6 +108,11 @@ class DriftTrigger(_Body):
     )
     min_samples: int = Field(
         default=100, ge=1, le=10**9, description="Pooled inferences a score needs before it counts."
+    )
+    prediction_mix: bool = Field(
+        default=False,
+        description="Also fire on prediction-mix drift: the trigger watches max(metric, psi_class). Off "
+        "by default: a camera that mostly sees one class shifts psi_class without any drift of its inputs.",
     )
 
 
@@ -138,6 +145,20 @@ class EvaluationPolicy(_Body):
     )
     tolerance_points: float = Field(
         default=0.0, ge=0, le=100, description="A candidate may be this many top-1 points below its parent."
+    )
+    min_parent_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="The labels are refused when the parent agrees with them on this many held-out points "
+        "or fewer; None: chance (100 / classes). 0 turns the check off.",
+    )
+    max_label_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The labels are refused when one class holds more than this share of them and the "
+        "parent predicts that class for less than half that share. 1 turns the check off.",
     )
 
 
@@ -172,12 +193,33 @@ class RetrainGates(GatePolicy):
     )
 
 
+class CanaryChecks(_Body):
+    """How the candidate behaves in the field against its parent, on the same devices (their telemetry on
+    the parent before the update, on the candidate since): judged with the rollout's own evidence rules
+    (min_device_inferences, min_baked_s, min_devices); a crossed check rolls the rollout back."""
+
+    max_prediction_mix_psi: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="PSI of the predicted-class mix, candidate vs parent (fires at >): a model that "
+        "answers one class for everything scores 6 and more. 100: off.",
+    )
+    max_confidence_drop: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Mean top-class confidence of the parent minus the candidate's (fires at >). 1: off.",
+    )
+
+
 class RolloutPolicy(_Body):
     """The canary rollout of an accepted candidate, through the normal waves and gates."""
 
     enabled: bool = True
     waves: list[float] = Field(default_factory=lambda: [10.0, 100.0], min_length=1, max_length=20)
     gates: RetrainGates = Field(default_factory=lambda: RetrainGates())
+    canary: CanaryChecks = Field(default_factory=lambda: CanaryChecks())
     selection: Selection | None = Field(
         default=None, description="Devices to roll out to; None: the policy's groups (or the whole fleet)."
     )
@@ -233,6 +275,9 @@ class PolicyStatus(BaseModel):
     active_job: int | None
     drift: list[dict[str, Any]] = Field(
         description="Per version and group: the newest score, above since when."
+    )
+    blocked: str | None = Field(
+        default=None, description="Why no job is queued although a trigger fires (too few labeled samples)."
     )
 
 
@@ -350,6 +395,6 @@ class DriftPoint(BaseModel):
     devices: int
     samples: int
     psi_confidence: float
-    psi_class: float
+    psi_class: float = Field(description="Prediction-mix drift: reported, not a trigger unless asked for.")
     mean_shift_z: float
-    score: float
+    score: float = Field(description="Input drift: psi_confidence (what a drift trigger watches by default).")

@@ -26,6 +26,7 @@ class Evaluation:
     metric: str
     value: float
     samples: int
+    predictions: list[int]  # the predicted class of each sample, in order: for agreement and class mix
 
 
 def load_labeled(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,4 +86,5 @@ def evaluate_bundle(bundle: Path, x: np.ndarray, y: np.ndarray) -> Evaluation:
         metric="top1",
         value=round(100.0 * float(np.mean(predictions == y)), 4),
         samples=len(y),
+        predictions=[int(p) for p in predictions],
     )

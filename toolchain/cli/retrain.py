@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +81,8 @@ def _policy_text(info: dict[str, Any]) -> str:
             f"labeled samples: {status['labeled_samples']} ({status['new_labeled_samples']} new); "
             f"active job: {status['active_job'] or 'none'}"
         )
+        if status.get("blocked"):
+            lines.append(f"blocked: {status['blocked']}")
         for series in status.get("drift", []):
             lines.append(f"  drift v{series['version']} {series['group'] or '(no group)'}: {series}")
     return "\n".join(lines)
@@ -490,7 +493,10 @@ def drift_command(
     token: RegistryToken = None,
     as_json: AsJson = False,
 ) -> None:
-    """MODEL's fleet drift scores against its build-time reference, oldest first."""
+    """MODEL's fleet drift scores against its build-time reference, oldest first.
+
+    Input drift (what a drift trigger watches) and the prediction mix are apart: a skewed mix of classes
+    alone is no drift. Windows of fewer than 50 inferences are not scored."""
     from rich.table import Table
 
     from toolchain.cli.output import console, emit_json
@@ -501,10 +507,18 @@ def drift_command(
         emit_json("retrain-drift", {"points": points})
         return
     table = Table(
-        "version", "group", "devices", "samples", "PSI confidence", "PSI class", "mean shift z", "score"
+        "time (UTC)",
+        "version",
+        "group",
+        "devices",
+        "samples",
+        "input drift (PSI confidence)",
+        "prediction mix (PSI class)",
+        "mean shift z",
     )
     for p in points:
         table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p["at"])),
             f"v{p['model_version']}",
             p["group"] or "-",
             str(p["devices"]),
@@ -512,7 +526,6 @@ def drift_command(
             f"{p['psi_confidence']:.3f}",
             f"{p['psi_class']:.3f}",
             f"{p['mean_shift_z']:.1f}",
-            f"{p['score']:.3f}",
         )
     console.print(table)
 
@@ -549,11 +562,12 @@ def evaluate_command(
             "metric": r.metric,
             "value": r.value,
             "samples": r.samples,
+            "predictions": r.predictions,
         }
         for r in results
     ]
     if as_json:
-        emit_json("retrain-evaluate", {"data": str(data), "results": rows})
+        emit_json("retrain-evaluate", {"data": str(data), "labels": [int(v) for v in y], "results": rows})
         return
     for r in results:
         console.print(
