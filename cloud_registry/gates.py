@@ -39,6 +39,7 @@ class Window:
     p95_count: int = 0
     confidence: list[int] = field(default_factory=list)
     seconds: float = 0.0  # reporting intervals covered
+    classes: list[int] = field(default_factory=list)  # predicted classes (the mix); raw telemetry only
 
     def add(
         self,
@@ -47,6 +48,7 @@ class Window:
         p95: float | None,
         confidence_hist: list[int] | None,
         interval_s: float = 0.0,
+        class_hist: list[int] | None = None,
     ) -> None:
         self.seconds += interval_s
         self.inferences += count
@@ -54,16 +56,11 @@ class Window:
         if p95 is not None and count > 0:
             self.p95_weighted += count * p95
             self.p95_count += count
-        if confidence_hist:
-            width = max(len(self.confidence), len(confidence_hist))
-            self.confidence = [
-                (self.confidence[i] if i < len(self.confidence) else 0)
-                + (confidence_hist[i] if i < len(confidence_hist) else 0)
-                for i in range(width)
-            ]
+        self.confidence = _sum(self.confidence, confidence_hist)
+        self.classes = _sum(self.classes, class_hist)
 
     def merge(self, other: Window) -> None:
-        self.add(other.inferences, other.errors, None, other.confidence, other.seconds)
+        self.add(other.inferences, other.errors, None, other.confidence, other.seconds, other.classes)
         self.p95_weighted += other.p95_weighted
         self.p95_count += other.p95_count
 
@@ -79,6 +76,31 @@ class Window:
     def p95_ms(self) -> float | None:
         """Inference-weighted mean of the intervals' p95 latencies."""
         return self.p95_weighted / self.p95_count if self.p95_count else None
+
+
+def _sum(total: list[int], more: list[int] | None) -> list[int]:
+    if not more:
+        return total
+    width = max(len(total), len(more))
+    return [(total[i] if i < len(total) else 0) + (more[i] if i < len(more) else 0) for i in range(width)]
+
+
+def mean_confidence(hist: list[int]) -> float | None:
+    """The mean top-class confidence of a histogram of equal bins over [0, 1] (bin centres)."""
+    total = sum(hist)
+    if not total:
+        return None
+    return sum((i + 0.5) / len(hist) * n for i, n in enumerate(hist)) / total
+
+
+def field_values(before: Window, after: Window) -> dict[str, float | None]:
+    """How a new version behaves on the devices' own inputs against their previous version: the shift of
+    the mix of predicted classes (PSI; a model that answers one class for everything scores 6 and more)
+    and the drop of the mean confidence. The retraining loop's canary checks (cloud_registry.jobs.canary)."""
+    mix = psi(before.classes, after.classes) if sum(before.classes) and sum(after.classes) else None
+    was, now = mean_confidence(before.confidence), mean_confidence(after.confidence)
+    drop = was - now if was is not None and now is not None else None
+    return {"prediction_mix_psi": mix, "confidence_drop": drop}
 
 
 def exceeds(value: float | None, threshold: float) -> bool:

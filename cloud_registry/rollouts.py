@@ -311,6 +311,7 @@ def _device_windows(
                     row.latency_ms_p95,
                     (row.drift or {}).get("confidence_hist"),
                     row.interval_s,
+                    (row.drift or {}).get("class_hist"),
                 )
         if entry.state == "succeeded" and entry.finished_at is not None:
             for row in session.scalars(
@@ -325,6 +326,7 @@ def _device_windows(
                     row.latency_ms_p95,
                     (row.drift or {}).get("confidence_hist"),
                     row.interval_s,
+                    (row.drift or {}).get("class_hist"),
                 )
         if hourly:
             _add_hourly(session, before, after, entry, model_name, to_version, policy.baseline_window_s)

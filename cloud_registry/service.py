@@ -82,6 +82,7 @@ class Registry:
             store=self.store,
             trusted_keys=self.trusted_keys,
             publish=self.publish,
+            command_key=self.command_key,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

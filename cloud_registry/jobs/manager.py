@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,8 +38,10 @@ from cloud_registry import models as m
 from cloud_registry import retraining_schemas as rs
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Conflict, Invalid, NotFound, Publication
+from cloud_registry.jobs import canary
 from cloud_registry.jobs.runners import Finished, JobRunner, make_runner
 from cloud_registry.jobs.spec import LOG_FILE, SPEC_FILE, STATUS_FILE, JobOutcome, JobSpec
+from cloud_registry.jobs.verdict import decide
 from cloud_registry.storage import ArtifactStore
 from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
@@ -54,20 +56,10 @@ class StageError(Exception):
     """The job cannot start: a missing input, too little data, no signing key."""
 
 
-def decide(evaluation: dict[str, Any], tolerance_points: float) -> tuple[bool, str]:
-    """Accepted when, for every target, the candidate's held-out metric >= its parent's - tolerance."""
-    parts, accepted = [], bool(evaluation)
-    for target, figures in sorted(evaluation.items()):
-        parent, candidate = figures["parent"], figures["candidate"]
-        parts.append(
-            f"{target}: {figures['metric']} {candidate:.2f} vs parent {parent:.2f} on {figures['samples']} held-out"
-        )
-        if candidate < parent - tolerance_points:
-            accepted = False
-    figures_text = "; ".join(parts) or "no held-out figures"
-    if accepted:
-        return True, f"accepted: at least as good as its parent ({figures_text})"
-    return False, f"rejected: worse than its parent on the held-out samples ({figures_text})"
+def _class_names(session: Session, job: m.RetrainingJob) -> list[str]:
+    parent = crud.get_version(session, model=job.model.name, version=job.parent_version)
+    manifest = parent.artifacts[0].manifest if parent.artifacts else {}
+    return list((manifest.get("postprocessing") or {}).get("labels") or [])
 
 
 def source_input_shape(manifest: dict[str, Any]) -> list[int]:
@@ -108,7 +100,9 @@ class JobManager:
         publish: Callable[[list[Publication]], None],
         runner: JobRunner | None = None,
         clock: Callable[[], float] = time.time,
+        command_key: Ed25519PrivateKey | None = None,
     ) -> None:
+        self.command_key = command_key  # to roll back a canary that fails its field checks
         self.factory, self.settings, self.store = factory, settings, store
         self.trusted_keys, self.publish, self.clock = trusted_keys, publish, clock
         self.runner = runner
@@ -143,6 +137,7 @@ class JobManager:
             ("drift scoring", lambda: self.score_drift(now)),
             ("trigger evaluation", lambda: self.evaluate_triggers(now)),
             ("collecting", self.collect),
+            ("canary checks", self.watch_canaries),
             ("leases", lambda: self.renew_leases(now)),
             ("requeueing", lambda: self.requeue_lost(now)),
             ("starting", lambda: self.start_queued(now)),
@@ -174,6 +169,58 @@ class JobManager:
         assert self.runner is not None
         for finished in self.runner.poll():
             self.finalize(finished)
+
+    def watch_canaries(self) -> list[int]:
+        """Roll back the rollouts of accepted candidates that fail their field checks (jobs.canary);
+        the ids of the jobs rejected so."""
+        if self.command_key is None:
+            return []
+        with self.factory() as session:
+            watched = session.execute(
+                select(m.RetrainingJob.id, m.RetrainingJob.rollout_id)
+                .join(m.Rollout, m.Rollout.id == m.RetrainingJob.rollout_id)
+                .where(
+                    m.RetrainingJob.state == "succeeded",
+                    m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES),
+                )
+            ).all()
+        rejected = []
+        for job_id, rollout_id in watched:
+            publications: list[Publication] = []
+            try:
+                with db.transaction(self.factory) as session:
+                    job = session.get(m.RetrainingJob, job_id)
+                    rollout = rollouts.get_rollout(session, rollout_id=rollout_id, lock=True)
+                    if (
+                        job is None
+                        or job.state != "succeeded"
+                        or rollout.state not in schemas.ACTIVE_ROLLOUT_STATES
+                    ):
+                        continue  # another replica was first
+                    figures, crossed = canary.check(session, job, rollout)
+                    if figures and (job.outcome or {}).get("canary") != figures:
+                        job.outcome = {**(job.outcome or {}), "canary": figures}
+                    if crossed is None:
+                        continue
+                    _, publications = rollouts.rollback(
+                        session,
+                        rollout_id=rollout_id,
+                        actor=f"retraining-job-{job.id}",
+                        reason=f"canary checks of retraining job {job.id}: {crossed}",
+                        command_key=self.command_key,
+                        public_url=self.settings.public_url,
+                    )
+                    job.state, job.phase = "rejected", "canary"
+                    job.reason = (
+                        f"rejected in the field: {crossed}; rollout {rollout_id} rolled back; "
+                        f"hint: {canary.CANARY_HINT.replace('MODEL', job.model.name)}"
+                    )
+            except Conflict:
+                continue
+            log.warning("job %d: canary rolled back: %s", job_id, crossed)
+            rejected.append(job_id)
+            self.publish(publications)
+        return rejected
 
     def renew_leases(self, now: float) -> None:
         assert self.runner is not None
@@ -474,8 +521,21 @@ class JobManager:
                 job.evaluation = outcome.evaluation
                 job.finished_at, job.lease_until = self.clock(), None
                 self._keep_log(job)
+                identical_to = self._same_model_as(session, job, outcome)
                 self._register(session, job, outcome)
-                accepted, reason = decide(outcome.evaluation, policy.evaluation.tolerance_points)
+                snapshot = job.snapshot
+                accepted, reason = decide(
+                    outcome.evaluation,
+                    policy.evaluation,
+                    model=job.model.name,
+                    labels=_class_names(session, job),
+                    identical_to=identical_to,
+                    new_labels=snapshot is None
+                    or retraining.new_evidence(
+                        session, model_id=job.model_id, groups=policy.groups, before=snapshot.created_at
+                    )
+                    > 0,
+                )
                 job.reason = reason
                 if not accepted:
                     job.state, job.phase = "rejected", "rejected"
@@ -494,6 +554,18 @@ class JobManager:
             )
             return
         self.publish(publications)
+
+    def _same_model_as(self, session: Session, job: m.RetrainingJob, outcome: JobOutcome) -> int | None:
+        """The version of the model whose source is the very file the job trained (None: a new model)."""
+        if outcome.model_sha256 is None:
+            return None
+        return session.scalar(
+            select(func.min(m.ModelVersion.version)).where(
+                m.ModelVersion.model_id == job.model_id,
+                m.ModelVersion.source_sha256 == outcome.model_sha256,
+                m.ModelVersion.version != job.new_version,
+            )
+        )
 
     def _register(self, session: Session, job: m.RetrainingJob, outcome: JobOutcome) -> None:
         """The candidate's bundles, verified like an upload, and its source model: a new version with lineage."""

@@ -261,12 +261,35 @@ def _evaluate(spec: JobSpec, candidates: dict[str, Path], log: IO[str]) -> dict[
         cwd=spec.workdir,
         stdout_path=spec.path("evaluate.json"),
     )
-    results = json.loads(stdout)["results"]
+    answer = json.loads(stdout)
+    classes = max(len(spec.labels), max(answer["labels"], default=0) + 1)
     figures: dict[str, dict] = {}
-    for (target, role, _), row in zip(order, results, strict=True):
-        entry = figures.setdefault(target, {"metric": row["metric"], "samples": row["samples"]})
+    predictions: dict[tuple[str, str], list[int]] = {}
+    for (target, role, _), row in zip(order, answer["results"], strict=True):
+        entry = figures.setdefault(
+            target,
+            {
+                "metric": row["metric"],
+                "samples": row["samples"],
+                "label_counts": _counts(answer["labels"], classes),
+            },
+        )
         entry[role] = row["value"]
+        entry[f"{role}_counts"] = _counts(row["predictions"], classes)
+        predictions[(target, role)] = row["predictions"]
+    for target, entry in figures.items():  # how often the candidate says what its parent says
+        pairs = list(zip(predictions[(target, "parent")], predictions[(target, "candidate")], strict=True))
+        entry["agreement"] = round(100.0 * sum(a == b for a, b in pairs) / max(1, len(pairs)), 4)
     return figures
+
+
+def _counts(classes: list[int], size: int) -> list[int]:
+    """How many of `classes` fall in each class 0..size-1 (an index outside counts nowhere)."""
+    counts = [0] * size
+    for value in classes:
+        if 0 <= value < size:
+            counts[value] += 1
+    return counts
 
 
 def run(spec_path: str | Path) -> dict:

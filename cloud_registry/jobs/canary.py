@@ -1,0 +1,61 @@
+"""The retraining loop's canary checks: how an accepted candidate behaves in the field against its parent.
+
+The held-out comparison judges a candidate on labels, and labels can be wrong in ways no check of them
+sees. The devices of the canary wave are the other witness: the same devices, their inputs, their
+telemetry on the parent before the update and on the candidate since (the rollout's own windows and
+evidence rules, `cloud_registry.rollouts`). Two checks (`RolloutPolicy.canary`), each firing strictly
+above its threshold:
+
+- prediction mix: PSI of the predicted-class histograms, candidate vs parent: a candidate that answers
+  one class for everything moves the mix far more than one that fixes the parent's mistakes;
+- confidence drop: the parent's mean top-class confidence minus the candidate's: a retrained model
+  should be surer of what its devices see, not less.
+
+A crossed check rolls the rollout back (its updated devices are ordered to the parent again) and the job
+is `rejected` in phase `canary`, with the figures in its reason and `outcome.canary`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cloud_registry import gates, rollouts, schemas
+from cloud_registry import models as m
+from cloud_registry import retraining_schemas as rs
+
+CANARY_HINT = (
+    "check the labels of the job's dataset (edgectl retrain samples MODEL --export); rollout.canary of the "
+    "policy sets these checks"
+)
+
+
+def check(session: Session, job: m.RetrainingJob, rollout: m.Rollout) -> tuple[dict[str, Any], str | None]:
+    """(the field figures, what crossed) for a job's running rollout; ({}, None) until there is evidence."""
+    checks = rs.RetrainingPolicy.model_validate(job.policy).rollout.canary
+    rules = schemas.GatePolicy.model_validate(rollout.policy)
+    entries = [e for e in rollout.devices if e.started_at is not None]
+    before, after, evidence = gates.pool(
+        rollouts._device_windows(session, rollout, entries),
+        min_device_inferences=rules.min_device_inferences,
+        min_baked_s=rules.min_baked_s,
+        min_devices=rules.min_devices,
+    )
+    if not evidence.enough:
+        return {}, None
+    values = gates.field_values(before, after)
+    figures: dict[str, Any] = {**values, "devices": evidence.judged_devices}
+    crossed = []
+    mix, drop = values["prediction_mix_psi"], values["confidence_drop"]
+    if gates.exceeds(mix, checks.max_prediction_mix_psi):
+        crossed.append(f"prediction mix PSI {mix:.2f} > {checks.max_prediction_mix_psi:g}")
+    if gates.exceeds(drop, checks.max_confidence_drop):
+        crossed.append(f"mean confidence {drop:.2f} below the parent's (> {checks.max_confidence_drop:g})")
+    if not crossed:
+        return figures, None
+    devices = evidence.judged_devices
+    return figures, (
+        f"{', '.join(crossed)} against v{job.parent_version} on the same "
+        f"{devices} device{'s' if devices != 1 else ''}"
+    )
