@@ -2,7 +2,11 @@
 they read the job from $EDGECTL_JOB and write out_dir/result.json, as any command entry point does.
 
 - copy: the parent's model unchanged, after `params.sleep` seconds (a job slow enough to kill mid-way);
-- scramble: the parent's weights with noise added: a model far worse than its parent.
+- nudge: the parent's weights saved again with an extra file in the archive: another model file, the
+  same model (built with the same calibration data, it scores exactly what the last build of it did);
+- scramble: the parent's weights with noise added: a model far worse than its parent;
+- always: the parent with its last layer set to answer class `params.label` (default 0) for any input,
+  what training on a label file whose every row says that class comes to.
 
 Both refuse to run when the registry's own settings (EDGECTL_REGISTRY_*: its admin token, its broker
 password) reached them: a job's processes must not see those.
@@ -31,6 +35,22 @@ def main(mode: str) -> None:
     if mode == "copy":
         time.sleep(float(job.params.get("sleep", 0)))
         shutil.copy(job.parent_model, model)
+    elif mode == "nudge":
+        import torch
+
+        time.sleep(float(job.params.get("sleep", 0)))
+        scripted = torch.jit.load(str(job.parent_model))
+        torch.jit.save(scripted, str(model), _extra_files={"nudge.txt": f"job {job.job_id}"})
+    elif mode == "always":
+        import torch
+
+        scripted = torch.jit.load(str(job.parent_model))
+        with torch.no_grad():  # the last layer's weight and bias: nothing but the bias of one class is left
+            parameters = list(scripted.parameters())
+            parameters[-2].zero_()
+            parameters[-1].fill_(-10.0)
+            parameters[-1][int(job.params.get("label", 0))] = 10.0
+        torch.jit.save(scripted, str(model))
     elif mode == "scramble":
         import torch
 

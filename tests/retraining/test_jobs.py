@@ -40,8 +40,9 @@ def command_policy(mode: str, **params) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def prepare(client, digits_v1, policy: dict, *, samples: int = 60) -> None:  # type: ignore[no-untyped-def]
-    """v1 pushed with its source, a device in group `field` that uploaded shifted digits, all labeled."""
+def prepare(client, digits_v1, policy: dict, *, samples: int = 60, label=str) -> None:  # type: ignore[no-untyped-def]
+    """v1 pushed with its source, a device in group `field` that uploaded shifted digits, all labeled
+    (`label`: the label file's entry for a digit; a labeler who gets them right by default)."""
     pushed = client.post(
         "/api/v1/bundles",
         content=digits_v1.archive.read_bytes(),
@@ -63,7 +64,7 @@ def prepare(client, digits_v1, policy: dict, *, samples: int = 60) -> None:  # t
     )
     assert answer.json()["accepted"] == samples, answer.text
     labels = [
-        {"sample_id": s["sample_id"], "label": str(int(y))}
+        {"sample_id": s["sample_id"], "label": label(int(y))}
         for s, y in zip(body["samples"], y_train, strict=False)
     ]
     assert (
@@ -224,7 +225,7 @@ def test_a_registry_killed_mid_job_neither_loses_nor_duplicates_it(tmp_path, dig
     second = None
     try:
         with httpx.Client(base_url=first.url, timeout=30) as client:
-            policy = command_policy("copy", sleep=6)
+            policy = command_policy("nudge", sleep=6)  # not the parent's own file: that is refused
             policy["evaluation"]["tolerance_points"] = 100  # this test is about the restart, not the model
             prepare(client, digits_v1, policy)
             job_id = client.post(f"/api/v1/models/{MODEL}/retrain", json={}, headers=ADMIN).json()["id"]

@@ -105,6 +105,7 @@ def test_cli_sets_and_shows_a_policy_file(capsys, cli_env, signing, tmp_path):
         and "toolchain.finetune_digits:finetune" in shown.out
         and "drift, labeled_samples" in shown.out
     )
+    assert "blocked: no job can start for want of labels: 0 labeled samples, the policy needs 20" in shown.out
     assert run(capsys, "retrain", "policy", "delete", "digits").code == 0
     assert_user_error(run(capsys, "retrain", "policy", "show", "digits"), "no retraining policy")
 
@@ -128,3 +129,24 @@ def test_cli_refuses_unreadable_policy_files(capsys, cli_env, tmp_path):
     assert_user_error(
         run(capsys, "retrain", "policy", "set", "digits", tmp_path / "missing.yaml"), "does not exist"
     )
+
+
+def test_cli_drift_table_has_the_time_of_each_score_and_input_drift_apart(capsys, cli_env, signing, tmp_path):
+    from cloud_registry import db
+    from cloud_registry import models as m
+
+    assert run(capsys, "push", make_bundle(tmp_path, signing[0])).code == 0
+    at = 1796220000.0  # 2026-12-02 14:00:00 UTC
+    with db.transaction(cli_env.registry.factory) as session:
+        model = session.query(m.Model).one()
+        session.add(
+            m.DriftScore(
+                model_id=model.id, model_version=1, device_group="field", bucket=1, at=at, window_s=900,
+                devices=2, samples=400, psi_confidence=0.041, psi_class=6.9, mean_shift_z=0.4, score=0.041,
+                summary={},
+            )
+        )  # fmt: skip
+    shown = run(capsys, "retrain", "drift", "digits", "--group", "field")
+    assert shown.code == 0, shown.err
+    assert "2026-12-02 14:00:00" in shown.out and "0.041" in shown.out and "6.900" in shown.out
+    assert "time (UTC)" in " ".join(shown.out.split())
