@@ -95,8 +95,9 @@ def mean_confidence(hist: list[int]) -> float | None:
 
 def field_values(before: Window, after: Window) -> dict[str, float | None]:
     """How a new version behaves on the devices' own inputs against their previous version: the shift of
-    the mix of predicted classes (PSI; a model that answers one class for everything scores 6 and more)
-    and the drop of the mean confidence. The retraining loop's canary checks (cloud_registry.jobs.canary)."""
+    the mix of predicted classes (PSI; a model that answers one of ten classes for everything scores 8.3
+    against a parent that predicted them all as often) and the drop of the mean confidence. The
+    retraining loop's canary checks (cloud_registry.jobs.canary)."""
     mix = psi(before.classes, after.classes) if sum(before.classes) and sum(after.classes) else None
     was, now = mean_confidence(before.confidence), mean_confidence(after.confidence)
     drop = was - now if was is not None and now is not None else None

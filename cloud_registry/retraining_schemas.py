@@ -203,7 +203,7 @@ class CanaryChecks(_Body):
         ge=0,
         le=100,
         description="PSI of the predicted-class mix, candidate vs parent (fires at >): a model that "
-        "answers one class for everything scores 6 and more. 100: off.",
+        "answers one of ten evenly predicted classes for everything scores 8.3. 100: off.",
     )
     max_confidence_drop: float = Field(
         default=0.2,
