@@ -604,8 +604,14 @@ def insert_ignoring_conflicts(
     session: Session, table: Any, rows: list[dict[str, Any]], columns: list[str]
 ) -> int:
     """INSERT rows, skipping those that collide on the unique `columns`; count inserted."""
+    return len(inserted_keys(session, table, rows, columns))
+
+
+def inserted_keys(session: Session, table: Any, rows: list[dict[str, Any]], columns: list[str]) -> list:
+    """INSERT rows, skipping those that collide on the unique `columns`; the first column's value of
+    each row that went in (a key of its own only when that column alone is unique, as msg_id is)."""
     if not rows:
-        return 0
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -614,7 +620,7 @@ def insert_ignoring_conflicts(
     statement = (
         insert(table).on_conflict_do_nothing(index_elements=columns).returning(getattr(table, columns[0]))
     )
-    return len(session.scalars(statement, rows).all())
+    return list(session.scalars(statement, rows).all())
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
@@ -774,26 +780,54 @@ UPDATE_TO_ROLLOUT_STATE = {
 FINAL_ROLLOUT_DEVICE_STATES = frozenset({"succeeded", "failed", "rolled_back", "reverted", "revert_failed"})
 
 
-def record_update(session: Session, *, device: m.Device, message: UpdateStatus) -> bool:
-    """Store an update status (once per msg_id) and move the device and its rollout entry on."""
+def record_updates(session: Session, items: list[tuple[m.Device, UpdateStatus]]) -> int:
+    """Store update statuses (once per msg_id) and move each device and its rollout entry on, in order.
+
+    One INSERT for the batch and one SELECT for the rollout entries it touches: one status at a time
+    took three round trips each, which held a 5,000-device wave's last statuses back by seconds.
+    Returns how many were new; a msg_id seen before (or twice in the batch) changes nothing.
+    """
+    if not items:
+        return 0
     now = time.time()
-    row = {
-        "device_id": device.id,
-        "msg_id": message.msg_id,
-        "seq": message.seq,
-        "sent_at": message.sent_at,
-        "received_at": now,
-        "update_id": message.update_id,
-        "rollout_id": message.rollout_id,
-        "model": message.model,
-        "from_version": message.from_version,
-        "to_version": message.to_version,
-        "state": message.state,
-        "reason": message.reason,
-        "slot": message.slot,
+    rows = [
+        {
+            "device_id": device.id,
+            "msg_id": message.msg_id,
+            "seq": message.seq,
+            "sent_at": message.sent_at,
+            "received_at": now,
+            "update_id": message.update_id,
+            "rollout_id": message.rollout_id,
+            "model": message.model,
+            "from_version": message.from_version,
+            "to_version": message.to_version,
+            "state": message.state,
+            "reason": message.reason,
+            "slot": message.slot,
+        }
+        for device, message in items
+    ]
+    new = set(inserted_keys(session, m.UpdateEvent, rows, ["msg_id"]))
+    entries = {
+        (entry.device_id, entry.update_id): entry
+        for entry in session.scalars(
+            select(m.RolloutDevice).where(
+                m.RolloutDevice.update_id.in_(sorted({message.update_id for _, message in items}))
+            )
+        )
     }
-    if not insert_ignoring_duplicates(session, m.UpdateEvent, [row]):
-        return False
+    stored = 0
+    for device, message in items:
+        if message.msg_id not in new:
+            continue
+        new.discard(message.msg_id)  # a second copy in the same batch is a duplicate too
+        stored += 1
+        _apply_update(device, entries.get((device.id, message.update_id)), message, now)
+    return stored
+
+
+def _apply_update(device: m.Device, entry: m.RolloutDevice | None, message: UpdateStatus, now: float) -> None:
     device.last_seen = now
     desired = device.desired or {}
     if desired.get("update_id") == message.update_id:
@@ -803,11 +837,6 @@ def record_update(session: Session, *, device: m.Device, message: UpdateStatus) 
         device.slot = message.slot or device.slot
     elif message.state == "ROLLED_BACK" and message.from_version is not None:
         device.model_name, device.current_version = message.model, message.from_version
-    entry = session.scalar(
-        select(m.RolloutDevice).where(
-            m.RolloutDevice.device_id == device.id, m.RolloutDevice.update_id == message.update_id
-        )
-    )
     if entry is not None and entry.state not in FINAL_ROLLOUT_DEVICE_STATES:
         if entry.state == "reverting":
             if message.state == "SUCCEEDED":
@@ -819,4 +848,3 @@ def record_update(session: Session, *, device: m.Device, message: UpdateStatus) 
             entry.reason = message.reason
         else:
             entry.state = "updating"
-    return True

@@ -178,6 +178,7 @@ def apply_messages(
         else {}
     )
     telemetry: list[tuple[int, Telemetry]] = []
+    updates: list[tuple[m.Device, UpdateStatus]] = []
     for message in messages:
         ref = known.get(message.device)
         if ref is None or ref[1] != message.fleet:
@@ -189,17 +190,24 @@ def apply_messages(
         if isinstance(message, Telemetry):
             telemetry.append((ref[0], message))
         elif isinstance(message, Presence):
+            _record_updates(session, updates, stats)  # the statuses before it, in their order
             crud.apply_presence(session, device=devices[message.device], presence=message)
             stats.stored += 1
         elif isinstance(message, UpdateStatus):
-            if crud.record_update(session, device=devices[message.device], message=message):
-                stats.stored += 1
-            else:
-                stats.duplicates += 1
+            updates.append((devices[message.device], message))
+    _record_updates(session, updates, stats)
     if telemetry:
         inserted = crud.record_telemetry(session, items=telemetry)
         stats.stored += inserted
         stats.duplicates += len(telemetry) - inserted
+
+
+def _record_updates(session: Session, updates: list, stats: IngestStats) -> None:
+    """The update statuses gathered so far, in one go; the list is emptied."""
+    stored = crud.record_updates(session, updates)
+    stats.stored += stored
+    stats.duplicates += len(updates) - stored
+    updates.clear()
 
 
 class IngestWriter:

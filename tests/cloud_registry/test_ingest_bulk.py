@@ -45,3 +45,32 @@ def test_bulk_telemetry_rows_duplicates_and_the_newest_per_device(writer_registr
         assert (dev_a.model_name, dev_a.current_version, dev_a.slot, dev_a.online) == ("digits", 1, "a", True)
         assert dev_a.last_telemetry_at and dev_a.last_seen
         assert dev_b.last_telemetry["seq"] == 1 and dev_b.model_name is None  # no model: nothing claimed
+
+
+def test_update_statuses_in_one_batch_apply_in_order_once_each(writer_registry, backend):
+    """Statuses are written in one statement per batch; within it, a device's statuses still apply in the
+    order they came, and a msg_id seen twice (in the batch, or before it) counts once."""
+    from cloud_registry.ingest import IngestStats, apply_messages
+    from tests.cloud_registry.helpers import update_status
+
+    factory = writer_registry.factory
+    downloading = update_status("dev-a", 1, update_id="u1", state="DOWNLOADING", to_version=2, from_version=1)
+    succeeded = update_status("dev-a", 2, update_id="u1", state="SUCCEEDED", to_version=2, from_version=1)
+    failed = update_status("dev-b", 1, update_id="u2", state="FAILED", to_version=2, from_version=1)
+    stats = IngestStats()
+    with factory() as session, session.begin():
+        apply_messages(session, [downloading, succeeded, failed, succeeded], stats)
+    assert (stats.stored, stats.duplicates) == (3, 1)
+    with factory() as session, session.begin():  # redelivered: nothing new, nothing moved back
+        apply_messages(session, [downloading], stats)
+    assert (stats.stored, stats.duplicates) == (3, 2)
+    with factory() as session:
+        events = session.scalars(select(m.UpdateEvent).order_by(m.UpdateEvent.id)).all()
+        assert [(e.update_id, e.state) for e in events] == [
+            ("u1", "DOWNLOADING"),
+            ("u1", "SUCCEEDED"),
+            ("u2", "FAILED"),
+        ]
+        dev_a, dev_b = _device(session, "dev-a"), _device(session, "dev-b")
+        assert (dev_a.current_version, dev_a.slot) == (2, "b") and dev_a.last_seen
+        assert dev_b.current_version != 2
