@@ -119,6 +119,7 @@ def run_case(
     publishers: int,
     work: Path,
     replicas: int = 1,
+    writers: int = 1,
 ) -> dict:
     """Registry replicas (processes, one MQTT 5 shared subscription when several) and publisher processes."""
     import multiprocessing
@@ -127,12 +128,13 @@ def run_case(
     from cloud_registry.service import Registry
     from tests.services import Mosquitto
 
-    label = f"{backend}-x{replicas}"
+    label = f"{backend}-x{replicas}-w{writers}"
     broker = Mosquitto(work / f"broker-{label}", persistence=False).start()
     common = {
         "data_dir": work / f"registry-{label}",
         "database_url": database_url,
         "reconcile_interval_s": 3600,
+        "ingest_writers": writers,
     }
     setup = Registry(Settings(**common))  # migrates and enrolls; then only counts rows
     setup.start()
@@ -182,6 +184,7 @@ def run_case(
     return {
         "backend": backend,
         "replicas": replicas,
+        "writers": writers,
         "devices": devices,
         "messages_per_device": messages,
         "publishers": publishers,
@@ -219,7 +222,9 @@ def main() -> None:
         if not args.skip_postgres:
             server = Postgres().start()
             try:
-                for replicas in (1, 2):
+                # one lane (the registry before ingest_writers), two lanes (the default on PostgreSQL),
+                # then two replicas of two lanes on one shared subscription
+                for replicas, writers in ((1, 1), (1, 2), (2, 2)):
                     rows.append(
                         run_case(
                             "postgresql",
@@ -229,6 +234,7 @@ def main() -> None:
                             args.publishers,
                             work,
                             replicas,
+                            writers,
                         )
                     )
                     print(json.dumps(rows[-1]))
@@ -248,13 +254,13 @@ def main() -> None:
         "process of its own, and the registry CPU is the replicas' processes'; several replicas split one "
         "MQTT 5 shared subscription).",
         "",
-        "| database | replicas | messages | stored | received per replica | publish s | ingest s | ingested / s "
-        "| registry CPU s / 10k | duplicates | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| database | replicas | writer lanes each | messages | stored | received per replica | publish s | ingest s "
+        "| ingested / s | registry CPU s / 10k | duplicates | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['replicas']} | {r['messages']} | {r['stored']} | "
+            f"| {r['backend']} | {r['replicas']} | {r['writers']} | {r['messages']} | {r['stored']} | "
             f"{', '.join(map(str, r['received_per_replica']))} | {r['publish_s']} | {r['ingest_s']} | "
             f"{r['ingested_per_s']} | {r['registry_cpu_s_per_10k']} | {r['duplicates']} | {r['mean_batch']} |"
         )

@@ -27,6 +27,7 @@ import queue
 import re
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -211,7 +212,14 @@ def _record_updates(session: Session, updates: list, stats: IngestStats) -> None
 
 
 class IngestWriter:
-    """The queue between paho's thread and the database, and the thread that drains it."""
+    """The queues between paho's thread and the database, and the threads that drain them.
+
+    `writers` lanes, each a queue and a thread with a database connection of its own: while one lane
+    waits on the database to commit its batch, another parses and sends the next (one lane spent over
+    half its time waiting on PostgreSQL). A device's messages always take the same lane, so they are
+    written in the order they came; lanes writing the same rows is what two replicas already do
+    (devices are locked in id order, duplicates fall on the msg_id key).
+    """
 
     def __init__(
         self,
@@ -221,31 +229,51 @@ class IngestWriter:
         flush_s: float = 0.2,
         max_queue: int = 100_000,
         ack=None,  # type: ignore[no-untyped-def]
+        writers: int = 1,
     ) -> None:
         self.factory, self.batch_size, self.flush_s = factory, batch_size, flush_s
-        self.queue: queue.Queue[Incoming] = queue.Queue(maxsize=max_queue)
+        self.queues: list[queue.Queue[Incoming]] = [
+            queue.Queue(maxsize=max(1, max_queue // writers)) for _ in range(writers)
+        ]
         self.ack = ack
-        self.stats = IngestStats()
+        self.stats = IngestStats()  # one live object for every lane, counted under the lock
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(lane,), name=f"ingest-writer-{index}", daemon=True)
+            for index, lane in enumerate(self.queues)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def put(self, item: Incoming) -> None:
         # Blocking when full holds paho's thread, so the broker stops sending: back-pressure, not loss.
-        self.queue.put(item)
+        self._lane(item.topic).put(item)
+
+    def _lane(self, topic: str) -> queue.Queue[Incoming]:
+        if len(self.queues) == 1:
+            return self.queues[0]
+        return self.queues[zlib.crc32(topic.rsplit("/", 1)[0].encode()) % len(self.queues)]
 
     def idle(self) -> bool:
-        return self.queue.unfinished_tasks == 0
+        return all(lane.unfinished_tasks == 0 for lane in self.queues)
 
-    def _take(self) -> list[Incoming]:
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    def _take(self, lane: queue.Queue[Incoming]) -> list[Incoming]:
         try:
-            first = self.queue.get(timeout=0.5)
+            first = lane.get(timeout=0.5)
         except queue.Empty:
             return []
         batch = [first]
@@ -255,32 +283,32 @@ class IngestWriter:
             if remaining <= 0:
                 break
             try:
-                batch.append(self.queue.get(timeout=remaining))
+                batch.append(lane.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch
 
-    def _run(self) -> None:
-        while not self._stop.is_set() or not self.queue.empty():
-            batch = self._take()
+    def _run(self, lane: queue.Queue[Incoming]) -> None:
+        while not self._stop.is_set() or not lane.empty():
+            batch = self._take(lane)
             if not batch:
                 continue
             self.write(batch)
             for _ in batch:
-                self.queue.task_done()
+                lane.task_done()
 
     def write(self, batch: list[Incoming]) -> None:
         """Check, store and acknowledge one batch; returns without acknowledging only when stopping."""
-        self.stats.received += len(batch)
+        self._count(received=len(batch))
         parsed = []
         for item in batch:
             message = parse_incoming(item)
             if message is None:
-                self.stats.dropped += 1
+                self._count(dropped=1)
                 continue
             problem = unstorable(message, bytes(item.payload))
             if problem is not None:
-                self.stats.dropped += 1
+                self._count(dropped=1)
                 log.warning(
                     "dropped a %s message from %s/%s: %s",
                     message.kind,
@@ -292,7 +320,7 @@ class IngestWriter:
             parsed.append(message)
         if not self._store(parsed):
             return  # shutting down: unacknowledged messages are redelivered to the next session
-        self.stats.batches += 1
+        self._count(batches=1)
         if self.ack is not None:
             for item in batch:
                 self.ack(item.mid, item.qos)
@@ -308,7 +336,7 @@ class IngestWriter:
                 with self.factory() as session, session.begin():
                     apply_messages(session, messages, attempt)
             except Exception as exc:
-                self.stats.errors += 1
+                self._count(errors=1)
                 if not database_unavailable(exc):
                     return self._split(messages, exc)
                 log.error(
@@ -321,16 +349,14 @@ class IngestWriter:
                     return False
                 delay = min(delay * 2, 30)
                 continue
-            for name in ("stored", "duplicates", "dropped"):
-                setattr(self.stats, name, getattr(self.stats, name) + getattr(attempt, name))
+            self._count(stored=attempt.stored, duplicates=attempt.duplicates, dropped=attempt.dropped)
             return True
 
     def _split(self, messages: list[Presence | Telemetry | UpdateStatus], exc: Exception) -> bool:
         """A data error: halve the batch until the refused message is alone, then drop it as poison."""
         if len(messages) == 1:
             message = messages[0]
-            self.stats.dropped += 1
-            self.stats.poison += 1
+            self._count(dropped=1, poison=1)
             # The exception's text may quote the message's values: name its type only.
             log.warning(
                 "dropped a %s message from %s/%s that the database refused (%s)",

@@ -106,6 +106,7 @@ class Registry:
                 batch_size=self.settings.ingest_batch_size,
                 flush_s=self.settings.ingest_flush_s,
                 ack=self.link.ack,
+                writers=self.settings.ingest_writers or (1 if self.engine.dialect.name == "sqlite" else 2),
             )
             self.ingest.start()
             self.link.start()

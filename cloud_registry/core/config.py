@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     # Ingest and rollouts.
     ingest_batch_size: int = Field(default=500, ge=1)
     ingest_flush_s: float = Field(default=0.2, gt=0)
+    ingest_writers: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="Ingest lanes (a thread and a database connection each); default 2 on PostgreSQL, "
+        "1 on SQLite (one writer at a time).",
+    )
     reconcile_interval_s: float = Field(default=2.0, gt=0)
     presence_timeout_s: float = Field(default=180.0, gt=0)
     telemetry_retention_s: float = Field(
