@@ -395,18 +395,30 @@ def _hourly_window(row: m.TelemetryHourly) -> gates.Window:
     )
 
 
+def pooled_windows(
+    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice]
+) -> tuple[list[tuple[gates.Window, gates.Window]], gates.Window, gates.Window, gates.Evidence]:
+    """These devices' (before, after) windows, and their pool under the rollout's minimum-evidence rules:
+    what the gates judge on (and the retraining loop's canary checks, on the same evidence)."""
+    policy = schemas.GatePolicy.model_validate(rollout.policy)
+    windows = _device_windows(session, rollout, entries)
+    before, after, evidence = gates.pool(
+        windows,
+        min_device_inferences=policy.min_device_inferences,
+        min_baked_s=policy.min_baked_s,
+        min_devices=policy.min_devices,
+    )
+    return windows, before, after, evidence
+
+
 def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
     """Gate values over the devices of the started waves, with the figures and the evidence they come from."""
     policy = schemas.GatePolicy.model_validate(rollout.policy)
     started = [e for e in rollout.devices if e.wave <= rollout.current_wave]
     updated = [e for e in started if e.state in TOUCHED_STATES]
     failed = [e for e in updated if e.state in FAILED_STATES]
-    windows = _device_windows(session, rollout, [e for e in updated if e.state not in FAILED_STATES])
-    before, after, evidence = gates.pool(
-        windows,
-        min_device_inferences=policy.min_device_inferences,
-        min_baked_s=policy.min_baked_s,
-        min_devices=policy.min_devices,
+    windows, before, after, evidence = pooled_windows(
+        session, rollout, [e for e in updated if e.state not in FAILED_STATES]
     )
     telemetry = gates.telemetry_values(before, after, policy.min_inferences)
     if not evidence.enough:

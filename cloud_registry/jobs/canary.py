@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cloud_registry import gates, rollouts, schemas
+from cloud_registry import gates, rollouts
 from cloud_registry import models as m
 from cloud_registry import retraining_schemas as rs
 
@@ -34,14 +34,8 @@ CANARY_HINT = (
 def check(session: Session, job: m.RetrainingJob, rollout: m.Rollout) -> tuple[dict[str, Any], str | None]:
     """(the field figures, what crossed) for a job's running rollout; ({}, None) until there is evidence."""
     checks = rs.RetrainingPolicy.model_validate(job.policy).rollout.canary
-    rules = schemas.GatePolicy.model_validate(rollout.policy)
     entries = [e for e in rollout.devices if e.started_at is not None]
-    before, after, evidence = gates.pool(
-        rollouts._device_windows(session, rollout, entries),
-        min_device_inferences=rules.min_device_inferences,
-        min_baked_s=rules.min_baked_s,
-        min_devices=rules.min_devices,
-    )
+    _, before, after, evidence = rollouts.pooled_windows(session, rollout, entries)
     if not evidence.enough:
         return {}, None
     values = gates.field_values(before, after)
