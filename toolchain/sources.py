@@ -149,8 +149,9 @@ def resolve_source(model: str, weights: Path | None = None) -> SourceModel:
             "or package.module:factory",
         )
     # Absolute from here on: exporters and trainers (Ultralytics, onnx2tf) run in working folders of
-    # their own, where a path relative to the user's folder names nothing.
-    path = path.resolve()
+    # their own, where a path relative to the user's folder names nothing. (Not resolved: a symlinked
+    # model keeps its own name in the manifest.)
+    path = path.absolute()
     if path.is_dir():
         from toolchain.keras_source import is_keras_source
 
