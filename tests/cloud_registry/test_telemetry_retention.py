@@ -11,8 +11,7 @@ from sqlalchemy import func, select
 from cloud_registry import crud
 from cloud_registry import models as m
 from cloud_registry.retention import HOUR, Retention, cutoff_for, roll_up
-from tests.cloud_registry.fleet_sim import SimFleet
-from tests.cloud_registry.helpers import make_bundle
+from tests.cloud_registry import test_rollouts
 
 RETENTION_H = 6
 PER_HOUR = 6  # one report per device every 10 minutes
@@ -129,14 +128,11 @@ def test_a_backlog_is_rolled_up_a_bounded_amount_per_tick(api):
     assert retention.tick() == 0
 
 
-def test_the_gates_judge_on_rolled_up_telemetry(api, backend, signing, tmp_path):
+fleet = test_rollouts.fleet  # ten cpu devices serving digits v1 with a healthy baseline; v2 pushed
+
+
+def test_the_gates_judge_on_rolled_up_telemetry(api, backend, fleet):
     """A rollout older than the retention: its devices' raw telemetry was rolled up; the gates still see it."""
-    for version in (1, 2):
-        assert api.push(make_bundle(tmp_path, signing[0], version=version)).status_code == 201
-    fleet = SimFleet(api)
-    fleet.enroll(10)
-    for _ in range(3):
-        fleet.report_running(1, p95=10.0, confidence=[0] * 8 + [20, 80])
     body = {"model": "digits", "version": 2, "waves": [20, 100], "policy": {"bake_s": 0}}
     rollout = api.client.post("/api/v1/rollouts", json=body, headers=api.admin()).json()
     first = fleet.apply_desired("SUCCEEDED")
