@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import os
 import platform
@@ -49,7 +50,8 @@ class SimulatedFleet:
         self.seq: dict[str, int] = {}
         self.received_at: dict[str, float] = {}  # device -> when its (last) desired state came
         self.reported_at: dict[str, float] = {}  # device -> when it published SUCCEEDED
-        self.pending: list[tuple[float, int, str, dict]] = []
+        self.pending: list[tuple[float, int, str, dict]] = []  # (due, arrival order, device, desired)
+        self.arrivals = itertools.count()
         self.wake = threading.Condition()
         self.closed = False
         self.client = mqtt.Client(
@@ -77,7 +79,7 @@ class SimulatedFleet:
         with self.wake:
             self.received_at[device] = now
             due = now + self.random.uniform(*self.install_range)
-            heapq.heappush(self.pending, (due, len(self.received_at), device, desired))
+            heapq.heappush(self.pending, (due, next(self.arrivals), device, desired))
             self.wake.notify()
 
     def _run(self) -> None:
