@@ -329,6 +329,24 @@ def device_by_token(session: Session, *, token: str) -> m.Device | None:
     return None if device is None or device.revoked_at is not None else device
 
 
+# One array parameter, whatever the number of names: an IN list of a batch's 500 names was a new query
+# text for psycopg to split and prepare on every batch (a tenth of the ingest writers' time).
+_PG_ENROLLED = "SELECT id, name, fleet FROM devices WHERE name = ANY(%s) AND revoked_at IS NULL"
+
+
+def enrolled_devices(session: Session, names: set[str]) -> dict[str, tuple[int, str]]:
+    """Device name -> (id, fleet) for those of `names` that are enrolled and not revoked."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.connection().exec_driver_sql(_PG_ENROLLED, (list(names),))
+    else:
+        rows = session.execute(
+            select(m.Device.id, m.Device.name, m.Device.fleet).where(
+                m.Device.name.in_(names), m.Device.revoked_at.is_(None)
+            )
+        )
+    return {name: (device_id, fleet) for device_id, name, fleet in rows}
+
+
 def get_device(session: Session, *, name: str) -> m.Device:
     device = session.scalar(select(m.Device).where(m.Device.name == name))
     if device is None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import re
 import threading
 import time
 import zlib
@@ -94,8 +93,22 @@ def _unstorable_value(value: object) -> str | None:
 
 # In a payload without these, no integer has over 18 digits and no text holds NUL (JSON escapes control
 # characters, and a raw one does not parse); the wire models refuse NaN and infinity themselves. (An
-# integer written with an exponent, 1e20, only reaches the columns checked one by one above.)
-_SUSPECT = re.compile(rb"\d{19,}|\\u0000")
+# integer written with an exponent, 1e20, only reaches the columns checked one by one above.) Looked for
+# with two substring searches, every digit first made a 0: a regular expression took 9 us of the 15.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+_ESCAPED_NUL = b"\\u0000"
+
+
+def _suspect(payload: bytes) -> bool:
+    return _ESCAPED_NUL in payload or _LONG_NUMBER in payload.translate(_DIGITS_AS_ZERO)
+
+
+def _beyond_32_bits(*values: int | None) -> bool:
+    for value in values:  # noqa: SIM110 (a loop: any() over a generator costs more, once per message)
+        if value is not None and not INT32_MIN <= value <= INT32_MAX:
+            return True
+    return False
 
 
 def unstorable(message: Presence | Telemetry | UpdateStatus, payload: bytes | None = None) -> str | None:
@@ -105,29 +118,25 @@ def unstorable(message: Presence | Telemetry | UpdateStatus, payload: bytes | No
     text. Checked before a message joins a batch, so one message never fails the batch of others. With
     the `payload` it came in, the walk through every value runs only when the bytes hint at a problem.
     """
-    small: list[int | None] = []
-    names: list[str | None] = []
-    if isinstance(message, Presence):
-        small = [message.session, message.model.version if message.model else None]
-        names = [message.model.name if message.model else None]
-    elif isinstance(message, Telemetry):
-        small = [
-            message.inference.count,
-            message.inference.errors,
-            message.model.version if message.model else None,
-        ]
-        names = [message.model.name if message.model else None]
-    elif isinstance(message, UpdateStatus):
-        small = [message.from_version, message.to_version, message.rollout_id]
-        names = [message.model]
-    if any(v is not None and not INT32_MIN <= v <= INT32_MAX for v in small):
+    model = message.model
+    if isinstance(message, Telemetry):
+        inference = message.inference
+        small = _beyond_32_bits(inference.count, inference.errors, model.version if model else None)
+        name = model.name if model else None
+    elif isinstance(message, Presence):
+        small = _beyond_32_bits(message.session, model.version if model else None)
+        name = model.name if model else None
+    else:
+        small = _beyond_32_bits(message.from_version, message.to_version, message.rollout_id)
+        name = model
+    if small:
         return "a number beyond its 32-bit column"
     seq = getattr(message, "seq", None)
     if seq is not None and not INT64_MIN <= seq <= INT64_MAX:
         return "a number beyond its 64-bit column"
-    if any(v is not None and len(v) > MODEL_NAME_MAX for v in names):
+    if name is not None and len(name) > MODEL_NAME_MAX:
         return f"a model name over {MODEL_NAME_MAX} characters"
-    if payload is not None and not _SUSPECT.search(payload):
+    if payload is not None and not _suspect(payload):
         return None
     return _unstorable_value(message)
 
@@ -164,14 +173,7 @@ def apply_messages(
     stats = stats if stats is not None else IngestStats()
     names = {msg.device for msg in messages}
     # Telemetry, most of what comes in, needs only the device's id; ORM objects only for the rest.
-    known = {
-        name: (device_id, fleet)
-        for device_id, name, fleet in session.execute(
-            select(m.Device.id, m.Device.name, m.Device.fleet).where(
-                m.Device.name.in_(names), m.Device.revoked_at.is_(None)
-            )
-        )
-    }
+    known = crud.enrolled_devices(session, names)
     stateful = {msg.device for msg in messages if not isinstance(msg, Telemetry) and msg.device in known}
     devices = (
         {d.name: d for d in session.scalars(select(m.Device).where(m.Device.name.in_(stateful)))}
