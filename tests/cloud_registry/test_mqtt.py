@@ -77,6 +77,35 @@ def test_ingest_batches_drops_duplicates_and_survives_a_broker_restart(mqtt_api,
     assert info["last_telemetry"]["seq"] == 60
 
 
+def test_the_registry_link_reads_its_socket_ahead(mqtt_api):
+    """The read-ahead socket comes from paho's private `_create_socket`: a paho that renames it fails here."""
+    from cloud_registry.mqtt_link import _ReadAhead
+
+    assert isinstance(mqtt_api.registry.link.client.socket(), _ReadAhead)
+
+
+def test_read_ahead_hands_out_the_bytes_asked_for_and_says_what_is_pending():
+    import socket
+
+    from cloud_registry.mqtt_link import _ReadAhead
+
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    reader = _ReadAhead(left)
+    with pytest.raises(BlockingIOError):  # nothing there: what paho expects of a non-blocking socket
+        reader.recv(1)
+    right.sendall(b"\x30\x05hello\x30\x03abc")
+    time.sleep(0.05)
+    assert reader.recv(1) == b"\x30" and reader.pending() == 11
+    assert reader.recv(1) == b"\x05" and reader.recv(5) == b"hello"
+    assert reader.recv(100) == b"\x30\x03abc" and reader.pending() == 0
+    assert reader.fileno() == left.fileno()  # everything else is the socket's own
+    right.close()
+    time.sleep(0.05)
+    assert reader.recv(1) == b""  # closed by the peer, as paho knows it
+    reader.close()
+
+
 def test_presence_newest_session_wins_and_bad_payloads_are_dropped(mqtt_api, broker):
     mqtt_api.enroll("dev-1")
     device = MqttDevice(broker.port, "dev-1")
