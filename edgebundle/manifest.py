@@ -8,7 +8,7 @@ manifest written by a newer schema is rejected loudly rather than half-read.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -243,8 +243,10 @@ class DriftSummary(_Model):
     samples: int = Field(ge=0)
     input_mean: list[float] = Field(default_factory=list)
     input_std: list[float] = Field(default_factory=list)
-    confidence_hist: list[int] = Field(default_factory=list)
-    class_hist: list[int] = Field(default_factory=list)
+    # Counts are checked by pydantic's own validator (ge=0 on each item): with every telemetry message
+    # carrying these, a Python loop over them was a tenth of the registry's parsing time.
+    confidence_hist: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    class_hist: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _shapes(self) -> DriftSummary:
@@ -252,8 +254,6 @@ class DriftSummary(_Model):
             raise ValueError("input_mean and input_std need one value per channel each")
         if self.confidence_hist and len(self.confidence_hist) != CONFIDENCE_BINS:
             raise ValueError(f"confidence_hist needs {CONFIDENCE_BINS} bins")
-        if any(v < 0 for v in self.confidence_hist + self.class_hist):
-            raise ValueError("histogram counts must be non-negative")
         return self
 
 

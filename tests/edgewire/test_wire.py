@@ -120,6 +120,19 @@ def test_unknown_fields_and_nan_are_refused():
         _telemetry(inference={"count": 1, "errors": 0, "latency_ms_p50": float("nan")})
 
 
+def test_drift_summaries_refuse_negative_counts_and_mismatched_shapes():
+    good = _telemetry(drift=DriftSummary(samples=3, confidence_hist=[0] * CONFIDENCE_BINS)).model_dump()
+    for drift, needle in (
+        ({"samples": 3, "class_hist": [2, -1]}, "class_hist.1"),
+        ({"samples": 3, "confidence_hist": [-1] + [0] * (CONFIDENCE_BINS - 1)}, "confidence_hist.0"),
+        ({"samples": 3, "confidence_hist": [1, 2]}, f"needs {CONFIDENCE_BINS} bins"),
+        ({"samples": 3, "input_mean": [0.1], "input_std": []}, "one value per channel"),
+    ):
+        with pytest.raises(PayloadError, match="bad telemetry payload") as refused:
+            parse_payload("telemetry", json.dumps({**good, "drift": drift}).encode())
+        assert needle in str(refused.value.__cause__)
+
+
 def test_rollback_orders_are_bound_to_device_model_version_and_time(tmp_path):
     private_path, public_path = generate_keypair(tmp_path / "registry")
     private, public = load_private_key(private_path), load_public_key(public_path)
