@@ -4,10 +4,12 @@ A real Mosquitto on a loopback port, the registry's own MQTT link and ingest
 writer (batches, duplicate check, manual acks), and simulated devices that
 publish edgewire Telemetry at QoS 1 on their own topics. "Ingested" means
 committed to the database; the rate is messages over the time from the first
-publish to the last commit. Runs once on SQLite and once on PostgreSQL (a
-throw-away server) when its binaries are present.
+publish (live) or from the replicas' start on a waiting backlog (drain) to the
+last commit. Runs once on SQLite, then on PostgreSQL (a throw-away server) when
+its binaries are present: live with one and two lanes and two replicas, and
+draining a backlog with one and two replicas.
 
-Writes benchmarks/results/registry_ingest.{json,md}.
+Writes benchmarks/results/registry_ingest.{json,md,png}.
 
     .venv/bin/python benchmarks/registry_ingest.py [--devices 200] [--messages 50] [--publishers 4]
 """
@@ -25,6 +27,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its descendants, the running ones and those reaped (Linux /proc).
+
+    PostgreSQL forks a backend per connection and runs as another user behind a wrapper, so its share
+    is the whole tree under the process the benchmark started."""
+    parents, ticks = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def enroll_fleet(registry, devices: int) -> list[str]:
@@ -92,8 +118,11 @@ def publish_all(port: int, names: list[str], messages: int, publishers: int) -> 
     return started, processes
 
 
-def _replica(settings: dict, ready, go, stop, results) -> None:  # type: ignore[no-untyped-def]
-    """One registry replica in a process of its own; reports its ingest stats and CPU seconds from `go`."""
+def _replica(settings: dict, ready, go, stop, results, drain: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """One registry replica in a process of its own; reports its ingest stats and CPU seconds from `go`.
+
+    With `drain`, its MQTT network loop is held (paho's loop_stop) until `go`: the broker keeps what the
+    devices publish for its session meanwhile, and from `go` the replica works through that backlog."""
     sys.path.insert(0, str(ROOT))
     from cloud_registry.core.config import Settings
     from cloud_registry.service import Registry
@@ -101,9 +130,13 @@ def _replica(settings: dict, ready, go, stop, results) -> None:  # type: ignore[
     registry = Registry(Settings(**settings))
     registry.start()
     assert registry.link.subscribed.wait(60)
+    if drain:
+        registry.link.client.loop_stop()
     ready.put(settings["mqtt_client_id"])
     go.wait()
     cpu = time.process_time()
+    if drain:
+        registry.link.client.loop_start()
     stop.wait()
     cpu = time.process_time() - cpu
     stats = registry.ingest.stats.as_dict()
@@ -120,15 +153,22 @@ def run_case(
     work: Path,
     replicas: int = 1,
     writers: int = 1,
+    drain: bool = False,
+    database_pid: int | None = None,
 ) -> dict:
-    """Registry replicas (processes, one MQTT 5 shared subscription when several) and publisher processes."""
+    """Registry replicas (processes, one MQTT 5 shared subscription when several) and publisher processes.
+
+    Live: the replicas take messages while the publishers send them, every process on the same CPUs. Drain:
+    the publishers send everything first while the replicas hold their network loop; the clock starts
+    when they let go, so the rate is what the registries and PostgreSQL do with the CPUs to themselves (a
+    fleet reconnecting after an outage, a registry back from a restart)."""
     import multiprocessing
 
     from cloud_registry.core.config import Settings
     from cloud_registry.service import Registry
     from tests.services import Mosquitto
 
-    label = f"{backend}-x{replicas}-w{writers}"
+    label = f"{backend}-x{replicas}-w{writers}{'-drain' if drain else ''}"
     broker = Mosquitto(work / f"broker-{label}", persistence=False).start()
     common = {
         "data_dir": work / f"registry-{label}",
@@ -151,13 +191,25 @@ def run_case(
                 "mqtt_client_id": f"bench-registry-{label}-{index}",
                 "mqtt_share_group": "bench" if replicas > 1 else None,
             }
-            processes.append(context.Process(target=_replica, args=(settings, ready, go, stop, results)))
+            processes.append(
+                context.Process(target=_replica, args=(settings, ready, go, stop, results, drain))
+            )
             processes[-1].start()
         for _ in processes:
             ready.get(timeout=120)
         total = devices * messages
-        go.set()
-        started, publishers_running = publish_all(broker.port, names, messages, publishers)
+        if drain:
+            published_at, publishers_running = publish_all(broker.port, names, messages, publishers)
+            for process in publishers_running:
+                process.join(300)
+            publish_s = time.perf_counter() - published_at
+            started = time.perf_counter()
+            servers_cpu = _servers_cpu(broker, database_pid)
+            go.set()
+        else:
+            servers_cpu = _servers_cpu(broker, database_pid)
+            go.set()
+            started, publishers_running = publish_all(broker.port, names, messages, publishers)
         deadline = time.monotonic() + 600
         published = None
         while stored(setup) < total and time.monotonic() < deadline:
@@ -165,7 +217,13 @@ def run_case(
             if published is None and not any(p.is_alive() for p in publishers_running):
                 published = time.perf_counter()
         done = time.perf_counter()
+        servers_cpu = [
+            after - before
+            for before, after in zip(servers_cpu, _servers_cpu(broker, database_pid), strict=True)
+        ]
         published = published or done
+        if drain:
+            published = started + publish_s  # reported as the publishers' own time, before the clock
         for process in publishers_running:
             process.join(60)
         time.sleep(0.5)  # the last acknowledgements
@@ -183,6 +241,7 @@ def run_case(
     cpu_s = sum(r["cpu_s"] for r in per_replica)
     return {
         "backend": backend,
+        "mode": "drain" if drain else "live",
         "replicas": replicas,
         "writers": writers,
         "devices": devices,
@@ -194,6 +253,8 @@ def run_case(
         "ingest_s": round(done - started, 3),
         "ingested_per_s": round(count / (done - started), 1),
         "registry_cpu_s_per_10k": round(cpu_s / max(1, count) * 10_000, 3),
+        "broker_cpu_s_per_10k": round(servers_cpu[0] / max(1, count) * 10_000, 3),
+        "database_cpu_s_per_10k": round(servers_cpu[1] / max(1, count) * 10_000, 3) if database_pid else None,
         "received_per_replica": [r["received"] for r in per_replica],
         "received": received,
         "batches": batches,
@@ -201,6 +262,41 @@ def run_case(
         "duplicates": sum(r["duplicates"] for r in per_replica),
         "dropped": sum(r["dropped"] for r in per_replica),
     }
+
+
+def _servers_cpu(broker, database_pid: int | None) -> list[float]:  # type: ignore[no-untyped-def]
+    return [tree_cpu_s(broker.process.pid), tree_cpu_s(database_pid) if database_pid else 0.0]
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['backend']}\n{r['mode']} x{r['replicas']}\n{r['writers']} lanes" for r in rows]
+    fig, (rate, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    bars = rate.bar(labels, [r["ingested_per_s"] for r in rows], color="#37a")
+    rate.bar_label(bars, fmt="%.0f", fontsize=8)
+    rate.axhline(10_000, color="#c33", linestyle="--", label="goal: 10,000 / s")
+    rate.set_ylabel("messages committed / s")
+    rate.legend(fontsize=8)
+    bottom = [0.0] * len(rows)
+    for key, name, color in (
+        ("registry_cpu_s_per_10k", "registry", "#37a"),
+        ("database_cpu_s_per_10k", "PostgreSQL", "#3a7"),
+        ("broker_cpu_s_per_10k", "Mosquitto", "#aa3"),
+    ):
+        values = [r[key] or 0.0 for r in rows]
+        cpu.bar(labels, values, bottom=bottom, color=color, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    cpu.axhline(2.0, color="#c33", linestyle="--", label="2 CPUs at 10,000 / s")
+    cpu.set_ylabel("CPU s per 10,000 messages")
+    cpu.legend(fontsize=8)
+    for ax in (rate, cpu):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -222,9 +318,16 @@ def main() -> None:
         if not args.skip_postgres:
             server = Postgres().start()
             try:
-                # one lane (the registry before ingest_writers), two lanes (the default on PostgreSQL),
-                # then two replicas of two lanes on one shared subscription
-                for replicas, writers in ((1, 1), (1, 2), (2, 2)):
+                # live: one lane (the registry before ingest_writers), two lanes (the default on
+                # PostgreSQL), two replicas of two lanes on one shared subscription; then the same
+                # replicas draining a backlog the publishers sent first
+                for replicas, writers, drain in (
+                    (1, 1, False),
+                    (1, 2, False),
+                    (2, 2, False),
+                    (1, 2, True),
+                    (2, 2, True),
+                ):
                     rows.append(
                         run_case(
                             "postgresql",
@@ -235,6 +338,8 @@ def main() -> None:
                             work,
                             replicas,
                             writers,
+                            drain=drain,
+                            database_pid=server.process.pid,
                         )
                     )
                     print(json.dumps(rows[-1]))
@@ -250,20 +355,28 @@ def main() -> None:
         "",
         f"Real Mosquitto, QoS 1, {args.devices} simulated devices x {args.messages} messages over "
         f"{args.publishers} MQTT connections; host: {host['cpus']} CPUs, {host['machine']}, Python {host['python']} "
-        "(broker, registry and publishers share the machine; each registry replica and each publisher is a "
-        "process of its own, and the registry CPU is the replicas' processes'; several replicas split one "
-        "MQTT 5 shared subscription).",
+        "(broker, PostgreSQL, registry and publishers share the machine; each registry replica and each "
+        "publisher is a process of its own; several replicas split one MQTT 5 shared subscription). "
+        "*live*: the replicas take the messages while the publishers send them; *drain*: the publishers send "
+        "everything first while the replicas hold their network loop, and the clock starts when they let go. "
+        "CPU seconds per 10,000 messages stored: the replicas' processes, the broker's, and PostgreSQL's "
+        "(the server and its backends), over the timed part.",
         "",
-        "| database | replicas | writer lanes each | messages | stored | received per replica | publish s | ingest s "
-        "| ingested / s | registry CPU s / 10k | duplicates | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "![ingest](registry_ingest.png)",
+        "",
+        "| database | mode | replicas | writer lanes each | messages | stored | received per replica | publish s "
+        "| ingest s | ingested / s | registry CPU s / 10k | PostgreSQL CPU s / 10k | broker CPU s / 10k "
+        "| duplicates | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['replicas']} | {r['writers']} | {r['messages']} | {r['stored']} | "
+            f"| {r['backend']} | {r['mode']} | {r['replicas']} | {r['writers']} | {r['messages']} | {r['stored']} | "
             f"{', '.join(map(str, r['received_per_replica']))} | {r['publish_s']} | {r['ingest_s']} | "
-            f"{r['ingested_per_s']} | {r['registry_cpu_s_per_10k']} | {r['duplicates']} | {r['mean_batch']} |"
+            f"{r['ingested_per_s']} | {r['registry_cpu_s_per_10k']} | {r['database_cpu_s_per_10k'] or '-'} | "
+            f"{r['broker_cpu_s_per_10k']} | {r['duplicates']} | {r['mean_batch']} |"
         )
+    write_plot(rows, args.out / "registry_ingest.png")
     (args.out / "registry_ingest.md").write_text("\n".join(lines) + "\n")
 
 
