@@ -32,6 +32,9 @@ log = logging.getLogger("cloud_registry.mqtt")
 SESSION_EXPIRY_S = 3600
 
 
+_READ_AHEAD = 65536
+
+
 class _ReadAhead:
     """A plain TCP socket read 64 KiB at a time, handing paho the bytes it asks for from that buffer.
 
@@ -62,12 +65,9 @@ class _ReadAhead:
         return getattr(self._sock, name)  # send, fileno, setblocking, close: the socket's own
 
 
-_READ_AHEAD = 65536
-
-
 class _Client(mqtt.Client):
     def _create_socket(self):  # type: ignore[no-untyped-def]
-        # paho's one place that makes the socket (private; test_mqtt_link checks the link still gets a
+        # paho's one place that makes the socket (private; tests/cloud_registry/test_mqtt.py checks the link gets a
         # _ReadAhead, so a paho release that renames it fails a test instead of quietly costing CPU).
         # TLS sockets already read whole records and say what is pending; websockets wrap their own.
         sock = super()._create_socket()
