@@ -22,7 +22,10 @@ def built(digits, keys, tmp_path_factory):
 
     common = build_flags(keys, out, calib=digits.calib, val=digits.val, max_drop="0.5", bench_runs="10")
     targets = ["--target", "rpi4", "--target", "rpi5", "--target", "android"]
-    assert main(["build", str(digits.model), "--name", "digits", *targets, *map(str, common)]) == 0
+    # These tests are about the INT8 artifact. Whether INT8 beats FP32 depends on the host: 0.29x on
+    # one with VNNI, 1.04-1.13x on one without. So INT8 is asked for, and its speed rule has its own tests.
+    int8 = ["--precision", "int8", "--allow-slower-int8"]
+    assert main(["build", str(digits.model), "--name", "digits", *targets, *int8, *map(str, common)]) == 0
     for precision in ("fp32", "fp16"):
         args = ["--name", f"digits{precision}", "--target", "rpi5", "--precision", precision, *common]
         assert main(["build", str(digits.model), *map(str, args)]) == 0

@@ -156,12 +156,14 @@ def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> 
     `--precision auto` the pipeline then ships the float artifact instead and says why. With
     `--allow-slower-int8` (INT8 for its size) it ships, and its notes say how much slower it measured.
     """
-    from toolchain.speed import MAX_RATIO
+    from toolchain.speed import MAX_RATIO, host_int8_caveat
 
     if result.speed is None or result.speed.faster or not result.report.passed:
         return result
+    caveat = host_int8_caveat()
+    caveat = f" ({caveat})" if caveat else ""
     if ctx.allow_slower_int8:
-        note = f"INT8 shipped although not faster than {fp32_what} (--allow-slower-int8): {result.speed.describe()}"
+        note = f"INT8 shipped although not faster than {fp32_what} (--allow-slower-int8): {result.speed.describe()}{caveat}"
         report = result.report.model_copy(update={"notes": [*result.report.notes, note]})
         return dataclasses.replace(result, report=report)
     repair = result.repair
@@ -173,7 +175,7 @@ def require_fast_int8(ctx: BuildContext, result: Int8Search, fp32_what: str) -> 
         how = f"{len(repair.decode_tail_float)} decode-tail op(s) in float"
     error = Int8TooSlowError(
         f"{ctx.profile.name} int8: the INT8 model that holds the accuracy budget ({how}) is not faster than "
-        f"{fp32_what}: {result.speed.describe()}, above the {MAX_RATIO:g}x allowed",
+        f"{fp32_what}: {result.speed.describe()}, above the {MAX_RATIO:g}x allowed{caveat}",
         hint="build --precision auto (ships the faster float artifact), or pass --allow-slower-int8 for INT8's size"
         + (", or give more representative --calib data" if repair and repair.layers_kept_float else ""),
     )
