@@ -146,9 +146,11 @@ def setup_exporter() -> None:
 # ---------------------------------------------------------------- data and model (cached)
 
 
-def prepare_model(size: int, work: Path, finetune_epochs: int) -> dict:
-    """The shapes set drawn at `size` and a YOLO11n for it; cached, so a rerun trains nothing."""
-    root = work / f"s{size}"
+def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int = 30) -> dict:
+    """The shapes set drawn at `size` and a YOLO11n for it; cached, so a rerun trains nothing.
+
+    The 160 px model trains `base_epochs` from scratch; other sizes fine-tune it `finetune_epochs`."""
+    root = work / (f"s{size}" if base_epochs == 30 else f"s{size}-base{base_epochs}")
     record_file = root / "model.json"
     if record_file.is_file():
         record = json.loads(record_file.read_text())
@@ -166,10 +168,10 @@ def prepare_model(size: int, work: Path, finetune_epochs: int) -> dict:
     data_seconds = time.perf_counter() - start
     start = time.perf_counter()
     if size == BASE_SIZE:
-        checkpoint = train_tiny_yolo(data_yaml, root / "yolo", imgsz=size, epochs=30)
-        how = f"YOLO11n from scratch, 30 epochs at {size} px on {TRAIN_IMAGES} images"
+        checkpoint = train_tiny_yolo(data_yaml, root / "yolo", imgsz=size, epochs=base_epochs)
+        how = f"YOLO11n from scratch, {base_epochs} epochs at {size} px on {TRAIN_IMAGES} images"
     else:
-        base = prepare_model(BASE_SIZE, work, finetune_epochs)["checkpoint"]
+        base = prepare_model(BASE_SIZE, work, finetune_epochs, base_epochs)["checkpoint"]
         checkpoint = train_tiny_yolo(
             data_yaml, root / "yolo", model_yaml=base, imgsz=size, epochs=finetune_epochs, warmup_epochs=0
         )

@@ -192,12 +192,12 @@ def bench_classifier(work: Path, key: Path, args) -> list[dict]:
     return rows
 
 
-def _detector_model(size: int, cache: Path, epochs_at_size: int) -> dict:
+def _detector_model(size: int, cache: Path, epochs_at_size: int, base_epochs: int) -> dict:
     """The shapes YOLO11n of benchmarks/detector_int8.py at `size` (its cache, or trained now)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from detector_int8 import prepare_model
 
-    return prepare_model(size, cache, epochs_at_size)
+    return prepare_model(size, cache, epochs_at_size, base_epochs)
 
 
 def _control_detector(
@@ -231,7 +231,7 @@ def _control_detector(
 def bench_detector(work: Path, key: Path, args) -> list[dict]:
     rows = []
     for size in args.sizes:
-        spec = _detector_model(size, args.models_cache, args.epochs_640)
+        spec = _detector_model(size, args.models_cache, args.epochs_640, args.base_epochs)
         checkpoint, data_yaml, calib = spec["checkpoint"], Path(spec["data"]), Path(spec["calib"])
         epochs = args.epochs_detector if size == 160 else args.epochs_640
         ratios = args.detector_ratios if size == 160 else args.ratios_640
@@ -242,17 +242,17 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
         )
         control_seconds = round(time.perf_counter() - start, 1)
         print(f"control at {size} px, {epochs} epochs: {control} ({control_seconds} s)", flush=True)
-        for ratio in ratios:
+        for ratio, round_to in ((r, t) for r in ratios for t in args.detector_round_to):
             report, seconds = _optimize(
-                str(checkpoint), data_yaml, data_yaml, work / f"yolo{size}-pruned-{ratio}", ratio, epochs, shape,
-                args.threads,
+                str(checkpoint), data_yaml, data_yaml, work / f"yolo{size}-pruned-{ratio}-{round_to}", ratio,
+                epochs, shape, args.threads, round_to,
             )  # fmt: skip
-            name = f"yolo{size}-pruned-{round(ratio * 100)}"
+            name = f"yolo{size}-pruned-{round(ratio * 100)}-{round_to}"
             int8 = _int8_build(report.model, work, key, name, calib, data_yaml, shape)
             runs = args.runs if size <= 320 else max(10, args.runs // 5)
             row = _case("YOLO11n shapes", report, int8, shape, runs, args.threads, control)
             row.update(
-                round_to=1, optimize_seconds=round(seconds, 1), control_seconds=control_seconds,
+                round_to=round_to, optimize_seconds=round(seconds, 1), control_seconds=control_seconds,
                 trained=spec["how"],
             )  # fmt: skip
             rows.append(row)
@@ -372,6 +372,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--detector-ratios", type=lambda text: [float(v) for v in text.split(",")], default=[0.3, 0.5]
+    )
+    parser.add_argument(
+        "--detector-round-to", type=lambda text: [int(v) for v in text.split(",")], default=[1],
+        help="channel multiples to prune detectors to, each a row (1: exact ratios)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=30,
+        help="epochs the 160 px detector trains from scratch before pruning",
     )
     parser.add_argument("--ratios-640", type=lambda text: [float(v) for v in text.split(",")], default=[0.5])
     parser.add_argument("--sizes", type=lambda text: [int(v) for v in text.split(",")], default=[160, 640])
