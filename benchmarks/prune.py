@@ -294,9 +294,14 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
         "| FP32 speed-up | metric | FP32 before | control | FP32 after | INT8 after | drop |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    trained = list(
+        dict.fromkeys(f"{r['model']} at {r['input']}: {r['trained']}" for r in rows if r.get("trained"))
+    )
     for r in rows:
+        how = f"{r['model']} at {r['input']}: {r['trained']}" if r.get("trained") else None
+        marker = f" [{trained.index(how) + 1}]" if how else ""
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['ratio']:.0%}{_rounding(r)} | {r['epochs']} "
+            f"| {r['model']}{marker} | {r['input']} | {r['ratio']:.0%}{_rounding(r)} | {r['epochs']} "
             f"| {r['params_before'] / 1e6:.3f}M -> {r['params_after'] / 1e6:.3f}M "
             f"| {r['macs_before'] / 1e6:.1f}M -> {r['macs_after'] / 1e6:.1f}M "
             f"| {r['p50_ms_fp32_before']:.3f} ms | {r['p50_ms_fp32_after']:.3f} ms | {_fmt(r['p50_ms_int8_after'], 3)} ms "
@@ -310,8 +315,7 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
         for r in rows
         if r.get("int8_note")
     ]
-    trained = {f"- {r['model']} at {r['input']}: {r['trained']}.": None for r in rows if r.get("trained")}
-    lines += list(trained)
+    lines += [f"- [{index}] {how}." for index, how in enumerate(trained, 1)]
     if len(getattr(args, "combine", None) or []) > 1:
         lines += [
             "",
