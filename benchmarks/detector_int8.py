@@ -55,6 +55,7 @@ EXPORTER_PACKAGES = [
 EDGECTL = ROOT / ".venv" / "bin" / "edgectl"
 # the issue's size: the model is trained from scratch at it, other sizes are fine-tuned from it
 BASE_SIZE = 160
+BASE_EPOCHS = 30  # the 160 px model's epochs from scratch; another count gets a cache folder of its own
 TRAIN_IMAGES = 400  # the calibration set (the issue's 400 images)
 VAL_IMAGES = {160: 100, 640: 64}
 THREADS = 2
@@ -146,11 +147,11 @@ def setup_exporter() -> None:
 # ---------------------------------------------------------------- data and model (cached)
 
 
-def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int = 30) -> dict:
+def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int = BASE_EPOCHS) -> dict:
     """The shapes set drawn at `size` and a YOLO11n for it; cached, so a rerun trains nothing.
 
     The 160 px model trains `base_epochs` from scratch; other sizes fine-tune it `finetune_epochs`."""
-    root = work / (f"s{size}" if base_epochs == 30 else f"s{size}-base{base_epochs}")
+    root = work / (f"s{size}" if base_epochs == BASE_EPOCHS else f"s{size}-base{base_epochs}")
     record_file = root / "model.json"
     if record_file.is_file():
         record = json.loads(record_file.read_text())

@@ -294,11 +294,9 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
         "| FP32 speed-up | metric | FP32 before | control | FP32 after | INT8 after | drop |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    trained = list(
-        dict.fromkeys(f"{r['model']} at {r['input']}: {r['trained']}" for r in rows if r.get("trained"))
-    )
-    for r in rows:
-        how = f"{r['model']} at {r['input']}: {r['trained']}" if r.get("trained") else None
+    hows = [f"{r['model']} at {r['input']}: {r['trained']}" if r.get("trained") else None for r in rows]
+    trained = list(dict.fromkeys(how for how in hows if how))  # each base once, numbered in row order
+    for r, how in zip(rows, hows, strict=True):
         marker = f" [{trained.index(how) + 1}]" if how else ""
         lines.append(
             f"| {r['model']}{marker} | {r['input']} | {r['ratio']:.0%}{_rounding(r)} | {r['epochs']} "

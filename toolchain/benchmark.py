@@ -18,17 +18,24 @@ from edgebundle.manifest import BenchmarkReport
 from toolchain.errors import EdgectlError
 
 
+def cpuinfo_field(name: str, cpuinfo: str | None = None) -> str | None:
+    """The first `name : value` of /proc/cpuinfo (or of the `cpuinfo` text given), None when absent."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
+
+
 def host_description() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
 
 

@@ -55,16 +55,11 @@ def host_int8_caveat(cpuinfo: str | None = None) -> str:
     one with avx512_vnni, with the same code and packages. The verdict stands, because it is what
     this host measured; the note says why a target may differ.
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return ""
-    flags = next(
-        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None
-    )
-    if flags is None or "avx2" not in flags or {"avx512_vnni", "avx_vnni"} & set(flags):
-        return ""  # not an x86 host, or one that has int8 dot products
+    from toolchain.benchmark import cpuinfo_field
+
+    flags = (cpuinfo_field("flags", cpuinfo) or "").split()
+    if "avx2" not in flags or {"avx512_vnni", "avx_vnni"} & set(flags):
+        return ""  # not x86 (Arm names its line "Features"), x86 before AVX2 (not measured), or with VNNI
     return (
         "this host's CPU has no VNNI int8 dot-product instructions (avx512_vnni, avx_vnni), "
         "so its INT8 kernels run slower than on CPUs that have them; the target's ratio may differ"
