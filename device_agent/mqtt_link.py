@@ -205,8 +205,11 @@ class MqttLink:
             room = self.settings.max_inflight - len(self._handed)
             # While the broker is down, messages wait on disk (bounded), not in paho's memory.
             if room > 0 and self.connected:
-                for message in self.outbox.peek(after_id=last_id, limit=room):
+                claimed = self.outbox.claim(after_id=last_id, limit=room)
+                for n, message in enumerate(claimed):
                     if not self._hand(message):
+                        for left in claimed[n:]:
+                            self.outbox.release(left.id)
                         break
                     last_id = message.id
 

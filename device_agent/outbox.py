@@ -6,7 +6,10 @@ its `msg_id` and the device's next `seq` in one transaction (so seq is
 strictly increasing across restarts), and deleted only when the broker's
 PUBACK for it arrives (or the registry answered its HTTP fallback). Past
 `max_messages` the oldest are dropped, and the count of dropped messages is
-kept here too, for the telemetry to report.
+kept here too, for the telemetry to report. A message already handed to paho
+(`claim`) is never the one dropped: paho delivers it whatever the outbox does,
+so counting it as dropped would report a loss that did not happen. The bound
+is therefore `max_messages` plus the few in flight.
 
 WAL with synchronous=FULL: a committed message survives a kill and a power cut.
 """
@@ -50,6 +53,7 @@ class Outbox:
         self.path = Path(path)
         self.max_messages = max_messages
         self._lock = threading.Lock()
+        self._held: set[int] = set()  # rows handed to paho in this process, awaiting their ack
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -101,15 +105,21 @@ class Outbox:
             (pending,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
             excess = pending - self.max_messages
             if excess > 0:
-                self._db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
-                    (excess,),
-                )
-                self._set_counter("dropped", self._counter("dropped") + excess)
+                held = sorted(self._held)
+                dropped = self._db.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                    f" WHERE id NOT IN ({','.join('?' * len(held))}) ORDER BY id LIMIT ?)",
+                    (*held, excess),
+                ).rowcount
+                self._set_counter("dropped", self._counter("dropped") + dropped)
         return Message(int(cursor.lastrowid), kind, seq, msg_id, payload)
 
     def peek(self, *, after_id: int = 0, limit: int = 50, kind: str | None = None) -> list[Message]:
         """The oldest waiting messages with an id above `after_id`, in order."""
+        with self._lock:
+            return self._select(after_id, limit, kind)
+
+    def _select(self, after_id: int, limit: int, kind: str | None) -> list[Message]:
         query = "SELECT id, kind, seq, msg_id, payload FROM messages WHERE id > ?"
         args: list = [after_id]
         if kind is not None:
@@ -117,15 +127,29 @@ class Outbox:
             args.append(kind)
         query += " ORDER BY id LIMIT ?"
         args.append(limit)
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
+        rows = self._db.execute(query, args).fetchall()
         return [Message(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
+
+    def claim(self, *, after_id: int = 0, limit: int = 50) -> list[Message]:
+        """`peek`, and hold what it returns in the same lock: those are about to be handed to paho, and
+        past the bound others go before them. One step, or a drop between the read and the hold would
+        count as lost a message that paho then delivers."""
+        with self._lock:
+            messages = self._select(after_id, limit, None)
+            self._held.update(m.id for m in messages)
+        return messages
+
+    def release(self, message_id: int) -> None:
+        """paho did not take a claimed message after all: it may be dropped again."""
+        with self._lock:
+            self._held.discard(message_id)
 
     def delete(self, ids: list[int]) -> None:
         if not ids:
             return
         with self._transaction():
             self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+            self._held.difference_update(ids)
 
     def stats(self) -> QueueStats:
         with self._lock:

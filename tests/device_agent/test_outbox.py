@@ -42,6 +42,27 @@ def test_past_the_bound_the_oldest_are_dropped_and_counted(tmp_path):
     assert Outbox(tmp_path / "q.sqlite", max_messages=10).stats().dropped_total == 15
 
 
+def test_a_message_handed_to_paho_is_not_the_one_dropped_nor_counted(tmp_path):
+    # paho delivers what it was handed whatever the outbox does: dropping and counting it would
+    # report a loss that did not happen (CI once saw 47 dropped for 46 that never arrived).
+    box = Outbox(tmp_path / "q.sqlite", max_messages=3)
+    for _ in range(3):
+        box.enqueue("telemetry", payload)
+    first, second = box.claim(limit=2)  # read and held in one step: the publisher hands these to paho
+    box.enqueue("telemetry", payload)
+    box.enqueue("telemetry", payload)
+    assert [m.seq for m in box.peek()] == [1, 2, 5], "the held two stay; 3 and 4, never sent, went"
+    assert box.stats().dropped_total == 2
+    box.delete([first.id, second.id])  # their acks came
+    box.enqueue("telemetry", payload)
+    box.enqueue("telemetry", payload)
+    assert [m.seq for m in box.peek()] == [5, 6, 7] and box.stats().dropped_total == 2
+    (claimed,) = box.claim(limit=1)
+    box.release(claimed.id)  # paho did not take it: it is the oldest again, and goes first
+    box.enqueue("telemetry", payload)
+    assert [m.seq for m in box.peek()] == [6, 7, 8] and box.stats().dropped_total == 3
+
+
 def test_a_payload_that_fails_to_build_takes_no_seq(tmp_path):
     box = Outbox(tmp_path / "q.sqlite", max_messages=10)
 
