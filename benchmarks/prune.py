@@ -94,6 +94,7 @@ def _case(label, report, int8, shape, runs, threads, control=None):
         "input": "x".join(str(d) for d in shape[1:]),
         "ratio": report.ratio,
         "epochs": report.epochs,
+        "sparse_epochs": report.sparse_epochs,
         "distilled": report.distilled,
         "params_before": report.before.params,
         "params_after": report.after.params,
@@ -140,6 +141,8 @@ def _optimize(
     shape,
     threads: int,
     round_to: int = 1,
+    sparse_epochs: int = 0,
+    sparse_reg: float | None = None,
 ):
     from toolchain.optimize import OptimizeRequest, optimize
     from toolchain.optimize.measure import fp32_onnx
@@ -158,6 +161,8 @@ def _optimize(
             input_shape=shape,
             threads=threads,
             round_to=round_to,
+            sparse_epochs=sparse_epochs,
+            **({"sparse_reg": sparse_reg} if sparse_reg else {}),
             bench_runs=20,
         )
     )
@@ -237,15 +242,16 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
         ratios = args.detector_ratios if size == 160 else args.ratios_640
         shape = [1, 3, size, size]
         start = time.perf_counter()
+        # the control trains as long as a pruned model does in all: sparse training, then fine-tuning
         control = _control_detector(
-            checkpoint, data_yaml, shape, epochs, args.threads, work / f"control-{size}"
+            checkpoint, data_yaml, shape, epochs + args.sparse_epochs, args.threads, work / f"control-{size}"
         )
         control_seconds = round(time.perf_counter() - start, 1)
         print(f"control at {size} px, {epochs} epochs: {control} ({control_seconds} s)", flush=True)
         for ratio, round_to in ((r, t) for r in ratios for t in args.detector_round_to):
             report, seconds = _optimize(
                 str(checkpoint), data_yaml, data_yaml, work / f"yolo{size}-pruned-{ratio}-{round_to}", ratio,
-                epochs, shape, args.threads, round_to,
+                epochs, shape, args.threads, round_to, args.sparse_epochs, args.sparse_reg,
             )  # fmt: skip
             name = f"yolo{size}-pruned-{round(ratio * 100)}-{round_to}"
             int8 = _int8_build(report.model, work, key, name, calib, data_yaml, shape)
@@ -262,6 +268,11 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
 
 def _rounding(row: dict) -> str:
     return f", channels in {row['round_to']}s" if row.get("round_to", 1) > 1 else ""
+
+
+def _epochs(row: dict) -> str:
+    sparse = row.get("sparse_epochs") or 0
+    return f"{sparse} sparse + {row['epochs']}" if sparse else str(row["epochs"])
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -288,7 +299,9 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
         "Fine-tuning: the classifier distilled from the unpruned model; detectors on the labels through",
         "Ultralytics' trainer with their checkpoint's recipe. `control`: the unpruned detector fine-tuned the",
         "same epochs the same way; `drop` is measured against it (against `FP32 before` where there is none),",
-        "so that it shows pruning's cost and not the extra training.",
+        "so that it shows pruning's cost and not the extra training. `N sparse + M` epochs: N of group-lasso",
+        "sparse training (Torch-Pruning's GroupNormPruner) before pruning, then M of fine-tuning; the control",
+        "then trains N + M.",
         "",
         "| model | input | ratio | epochs | params | MACs | FP32 p50 before | FP32 p50 after | INT8 p50 after "
         "| FP32 speed-up | metric | FP32 before | control | FP32 after | INT8 after | drop |",
@@ -299,7 +312,7 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
     for r, how in zip(rows, hows, strict=True):
         marker = f" [{trained.index(how) + 1}]" if how else ""
         lines.append(
-            f"| {r['model']}{marker} | {r['input']} | {r['ratio']:.0%}{_rounding(r)} | {r['epochs']} "
+            f"| {r['model']}{marker} | {r['input']} | {r['ratio']:.0%}{_rounding(r)} | {_epochs(r)} "
             f"| {r['params_before'] / 1e6:.3f}M -> {r['params_after'] / 1e6:.3f}M "
             f"| {r['macs_before'] / 1e6:.1f}M -> {r['macs_after'] / 1e6:.1f}M "
             f"| {r['p50_ms_fp32_before']:.3f} ms | {r['p50_ms_fp32_after']:.3f} ms | {_fmt(r['p50_ms_int8_after'], 3)} ms "
@@ -384,6 +397,13 @@ def main() -> None:
         type=int,
         default=30,
         help="epochs the 160 px detector trains from scratch before pruning",
+    )
+    parser.add_argument(
+        "--sparse-epochs", type=int, default=0,
+        help="detectors: epochs of group-lasso sparse training before pruning (the control trains them too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sparse-reg", type=float, default=None, help="its coefficient (default: optimize's)"
     )
     parser.add_argument("--ratios-640", type=lambda text: [float(v) for v in text.split(",")], default=[0.5])
     parser.add_argument("--sizes", type=lambda text: [int(v) for v in text.split(",")], default=[160, 640])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+SPARSE_REG_DEFAULT = 5e-4  # toolchain.optimize.request.SPARSE_REG; not imported, so --help stays light
+
 
 def register(app: typer.Typer) -> None:
     app.command("optimize")(optimize_command)
@@ -51,6 +53,14 @@ def optimize_command(
         "--round-to",
         help="Keep channel counts multiples of this (8 suits SIMD; costs accuracy at small widths).",
     ),
+    sparse_epochs: int = typer.Option(
+        0,
+        "--sparse-epochs",
+        help="Train this many epochs with Torch-Pruning's group-lasso regularizer before pruning (0: none).",
+    ),
+    sparse_reg: float = typer.Option(
+        SPARSE_REG_DEFAULT, "--sparse-reg", help="Group-lasso coefficient of --sparse-epochs."
+    ),
     threads: int = typer.Option(1, "--threads", help="ONNX Runtime threads for the latency figures."),
     bench_runs: int = typer.Option(50, "--bench-runs", help="Timed runs of each model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -67,6 +77,14 @@ def optimize_command(
         )
     if epochs < 1:
         raise UserInputError(f"--epochs {epochs} must be at least 1", hint="e.g. --epochs 10")
+    if sparse_epochs < 0:
+        raise UserInputError(
+            f"--sparse-epochs {sparse_epochs} is negative", hint="0 for none, e.g. --sparse-epochs 20"
+        )
+    if not 0.0 < sparse_reg <= 1.0:
+        raise UserInputError(
+            f"--sparse-reg {sparse_reg} is outside (0, 1]", hint=f"the default is {SPARSE_REG_DEFAULT:g}"
+        )
     request = OptimizeRequest(
         model=model,
         prune=prune,
@@ -84,6 +102,8 @@ def optimize_command(
         batch=batch,
         lr=lr,
         round_to=round_to,
+        sparse_epochs=sparse_epochs,
+        sparse_reg=sparse_reg,
         threads=threads,
         bench_runs=bench_runs,
     )
@@ -128,6 +148,7 @@ def print_report(report) -> None:
 
     table = Table(
         title=f"edgectl optimize: {report.ratio:.0%} of the channels pruned, {report.epochs} epochs"
+        + (f" after {report.sparse_epochs} of sparse training" if report.sparse_epochs else "")
     )
     for column in ("", "params", "MACs", "FP32 ONNX", "p50 ms", *report.before.metrics):
         table.add_column(column, justify="left" if not column else "right")
@@ -150,7 +171,8 @@ def print_report(report) -> None:
     if len(report.attempts) > 1:
         print_attempts(report.attempts)
     console.print(
-        f"{report.speedup:.2f}x faster FP32 on this host; distilled: {'yes' if report.distilled else 'no'}",
+        f"{report.speedup:.2f}x faster FP32 on this host; distilled: {'yes' if report.distilled else 'no'}; "
+        f"sparse training: {f'{report.sparse_epochs} epochs' if report.sparse_epochs else 'no'}",
         highlight=False,
     )
     for note in report.notes:

@@ -46,6 +46,7 @@ def finetune_classifier(
     distill: bool,
     progress: Progress,
     label: str,
+    regularize: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train `student` in place; returns the mean loss of each epoch."""
     import torch
@@ -79,6 +80,8 @@ def finetune_classifier(
                 loss = (1 - DISTILL_WEIGHT) * loss + DISTILL_WEIGHT * kd * TEMPERATURE**2
             optimizer.zero_grad()
             loss.backward()
+            if regularize is not None:
+                regularize()
             optimizer.step()
             schedule.step()
             total += loss.item() * len(index)
@@ -101,6 +104,7 @@ def finetune_detector(
     workdir: Path,
     progress: Progress,
     label: str,
+    regularize: Callable[[], None] | None = None,
 ) -> Path:
     """Fine-tune a pruned Ultralytics detection model with Ultralytics' trainer; returns its checkpoint."""
     import torch
@@ -112,6 +116,11 @@ def finetune_detector(
 
         def get_model(self, cfg=None, weights=None, verbose=True):
             return pruned
+
+        def optimizer_step(self):
+            if regularize is not None:  # AMP is off: the gradients are not scaled, the penalty adds as it is
+                regularize()
+            super().optimizer_step()
 
     args = {key: train_args[key] for key in RECIPE_KEYS if key in train_args}
     args.update(

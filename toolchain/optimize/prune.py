@@ -5,6 +5,11 @@ Channels are ranked by the L2 magnitude of their whole dependency group (every w
 and removed layer by layer at the same ratio, rounded to a multiple of `round_to` channels so that
 kernels stay on the vector widths CPUs and NPUs use. The layers the caller keeps (a classifier's output
 layer, a detector's box and class outputs) keep their channels, so the model's outputs do not change shape.
+
+Optionally the model first trains with Torch-Pruning's group-lasso regularizer (`GroupNormPruner`, the
+DepGraph paper's sparse training): every step pulls each dependency group's weights towards zero, the
+weakest groups hardest (up to 16x), so that by the time channels are ranked the ones to go carry little
+of what the model computes, and removing them costs less than removing channels of a dense model.
 """
 
 from __future__ import annotations
@@ -63,6 +68,27 @@ def last_layer(module, example) -> list:
     return order[-1:]
 
 
+def _pruner(kind: str, module, example, kept: list, **options):
+    """A Torch-Pruning pruner of `kind` over `module`, ranking by the L2 magnitude of each whole group."""
+    import torch_pruning as tp
+
+    for parameter in module.parameters():
+        parameter.requires_grad_(True)  # a loaded checkpoint may have frozen some; the graph traces gradients
+    pruner_class = getattr(tp.pruner, kind)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    return pruner_class(module, example, importance=importance, ignored_layers=kept, **options)
+
+
+def sparsity_regularizer(module, example, kept: list, reg: float):
+    """A callable that adds Torch-Pruning's group-lasso gradient to `module`'s gradients in place: call it
+    after every backward pass and before the optimizer's step."""
+    was_training = module.training
+    module.eval()  # tracing the graph runs a forward pass: no batch-norm statistics change
+    pruner = _pruner("GroupNormPruner", module, example, kept, reg=reg)
+    module.train(was_training)
+    return lambda: pruner.regularize(module)
+
+
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -70,22 +96,11 @@ def _first(output):
 def prune(module, example, ratio: float, kept: list, round_to: int):
     """Prune `module` in place at `ratio` of each layer's channels; its output shape must not change."""
     import torch
-    import torch_pruning as tp
 
     module.eval()
     with torch.no_grad():
         shape_before = tuple(_first(module(example)).shape)
-    for parameter in module.parameters():
-        parameter.requires_grad_(True)  # a loaded checkpoint may have frozen some; the graph traces gradients
-    pruner = tp.pruner.BasePruner(
-        module,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio,
-        ignored_layers=kept,
-        round_to=round_to,
-    )
-    pruner.step()
+    _pruner("BasePruner", module, example, kept, pruning_ratio=ratio, round_to=round_to).step()
     module.eval()
     with torch.no_grad():
         shape_after = tuple(_first(module(example)).shape)

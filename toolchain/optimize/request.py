@@ -15,6 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SIDECAR_SUFFIX = ".pruning.json"
 SIDECAR_SCHEMA = "edgectl.pruning/1"
+SPARSE_REG = 5e-4  # Torch-Pruning's group-lasso coefficient when --sparse-epochs is on (see docs/architecture.md, "Structured pruning")
+METHOD = "torch-pruning DepGraph, L2 group magnitude, channels per layer"
+
+
+def method_text(sparse_epochs: int, sparse_reg: float) -> str:
+    """How the model was pruned, as the sidecar and the manifest's lineage say it."""
+    if not sparse_epochs:
+        return METHOD
+    return f"{METHOD}, after {sparse_epochs} epochs of group-lasso sparse training (reg {sparse_reg:g})"
 
 
 class OptimizeRequest(BaseModel):
@@ -38,6 +47,13 @@ class OptimizeRequest(BaseModel):
     batch: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0.0, le=1.0)
     round_to: int = Field(default=1, ge=1, le=256)
+    sparse_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Epochs of group-lasso sparse training before pruning (0: none).",
+    )
+    sparse_reg: float = Field(default=SPARSE_REG, gt=0.0, le=1.0)
     threads: int = Field(default=1, ge=1, le=256)
     bench_runs: int = Field(default=50, ge=1, le=10000)
     val_limit: int = Field(default=5000, ge=1)
@@ -83,9 +99,11 @@ class PruningRecord(BaseModel):
     source_kind: str
     source_filename: str
     source_sha256: str
-    method: str = "torch-pruning DepGraph, L2 group magnitude, channels per layer"
+    method: str = METHOD
     ratio: float
     round_to: int
+    sparse_epochs: int = 0
+    sparse_reg: float | None = None
     torch_pruning: str
     params_before: int
     params_after: int
@@ -119,6 +137,7 @@ class OptimizeReport(BaseModel):
     task: str
     ratio: float
     epochs: int
+    sparse_epochs: int = 0
     distilled: bool
     before: ModelStats
     after: ModelStats

@@ -30,6 +30,7 @@ from toolchain.optimize.request import (
     OptimizeRequest,
     PruningRecord,
     file_sha256,
+    method_text,
     sidecar_path,
 )
 
@@ -168,6 +169,44 @@ def optimize(req: OptimizeRequest, reporter=None) -> OptimizeReport:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _sparse_start(req: OptimizeRequest, reporter, source, model, shape, example, train_x, train_y, staging):
+    """What each attempt prunes a fresh copy of: the source, or (with --sparse-epochs) the source after
+    group-lasso sparse training, which runs once however many ratios are tried."""
+    import copy
+
+    from toolchain.optimize import finetune, prune, torch_source
+    from toolchain.sources import resolve_source
+
+    def loaded(of):
+        candidate = torch_source.load(of, shape)
+        torch_source.make_prunable(candidate)
+        return candidate
+
+    if not req.sparse_epochs:
+        return lambda: loaded(source)
+    label = f"sparse training, {req.sparse_epochs} epochs (group lasso, reg {req.sparse_reg:g})"
+    reporter.stage(label)
+    sparse = loaded(source)
+    regularize = prune.sparsity_regularizer(
+        sparse.module, example, torch_source.kept_layers(sparse), req.sparse_reg
+    )
+    if model.task == "classify":
+        finetune.finetune_classifier(
+            sparse.module, model.module, train_x, train_y, epochs=req.sparse_epochs, batch=req.batch, lr=req.lr,
+            seed=req.seed, distill=False, progress=reporter.advance, label=label, regularize=regularize,
+        )  # fmt: skip
+        return lambda: copy.deepcopy(sparse)
+    checkpoint = finetune.finetune_detector(
+        sparse.module, checkpoint=source.location, train_args=model.train_args, data_yaml=req.train,
+        imgsz=shape[2], epochs=req.sparse_epochs, seed=req.seed, distill=False,
+        workdir=staging / "sparse-work", progress=reporter.advance, label=label, regularize=regularize,
+    )  # fmt: skip
+    kept = staging / "sparse-work" / "sparse.pt"  # outside the files published into --out
+    shutil.copyfile(checkpoint, kept)
+    sparse_source = resolve_source(str(kept))
+    return lambda: loaded(sparse_source)
+
+
 def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Path) -> OptimizeReport:
     import torch
 
@@ -195,6 +234,7 @@ def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Pat
     channels_before = prune.channel_counts(model.module)
 
     distilled = req.distill if req.distill is not None else model.task == "classify"
+    fresh = _sparse_start(req, reporter, source, model, shape, example, train_x, train_y, staging)
     dest = staging / f"{model.stem}-pruned.pt"
     attempts: list[Attempt] = []
     after_onnx = after_metrics = None
@@ -202,8 +242,7 @@ def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Pat
     channels_after: dict = {}
     for ratio in attempt_ratios(req.prune):
         reporter.stage(f"pruning {ratio:.0%} of the channels")
-        candidate = torch_source.load(source, shape)
-        torch_source.make_prunable(candidate)
+        candidate = fresh()
         prune.prune(candidate.module, example, ratio, torch_source.kept_layers(candidate), req.round_to)
         macs_after, params_after = prune.count(candidate.module, example)
         channels_after = prune.channel_counts(candidate.module)
@@ -297,6 +336,9 @@ def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Pat
         source_sha256=source.sha256,
         ratio=chosen.ratio,
         round_to=req.round_to,
+        method=method_text(req.sparse_epochs, req.sparse_reg),
+        sparse_epochs=req.sparse_epochs,
+        sparse_reg=req.sparse_reg if req.sparse_epochs else None,
         torch_pruning=version_of("torch-pruning"),
         params_before=params_before,
         params_after=params_after,
@@ -326,6 +368,7 @@ def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Pat
         task=model.task,
         ratio=chosen.ratio,
         epochs=req.epochs,
+        sparse_epochs=req.sparse_epochs,
         distilled=distilled,
         before=before,
         after=after,
