@@ -134,7 +134,9 @@ def _check_out_dir(out: Path) -> None:
         ) from exc
 
 
-def _preprocessing(req: BuildRequest, base: Preprocessing, shape: list[int]) -> Preprocessing:
+def effective_preprocessing(req, base: Preprocessing, shape: list[int]) -> Preprocessing:
+    """The source's preprocessing with the flags `req` sets (layout, color, scale, mean, std: any object
+    with those attributes, None for unset) applied and made to fit the input `shape`."""
     update: dict = {}
     channels_last = len(shape) == 4 and shape[1] not in (1, 3) and shape[3] in (1, 3)
     if channels_last and req.layout is None and base.layout == "NCHW":
@@ -239,7 +241,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
         raise UserInputError(
             f"{source.filename} does not say its input shape", hint="pass --input-shape, e.g. 1,3,224,224"
         )
-    pre = _preprocessing(req, source.preprocessing, shape)
+    pre = effective_preprocessing(req, source.preprocessing, shape)
     name = req.name or Path(source.location.split(":")[-1]).stem
     calibration = datasets.load_calibration(req.calib, pre, shape, req.calib_limit) if req.calib else None
     snapshots = {"calib": _array_sha256(calibration)} if calibration is not None else {}

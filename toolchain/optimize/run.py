@@ -131,7 +131,7 @@ def _staging(out: Path) -> tuple[Path, bool]:
 
 
 def optimize(req: OptimizeRequest, reporter=None) -> OptimizeReport:
-    from toolchain.pipeline import Reporter, _preprocessing
+    from toolchain.pipeline import Reporter, effective_preprocessing
     from toolchain.sources import resolve_source
 
     reporter = reporter or Reporter()
@@ -151,7 +151,7 @@ def optimize(req: OptimizeRequest, reporter=None) -> OptimizeReport:
             f"{source.filename} does not say its input shape", hint="pass --input-shape, e.g. 1,3,224,224"
         )
     overrides = SimpleNamespace(layout=None, color=None, scale=req.scale, mean=req.mean, std=req.std)
-    pre = _preprocessing(overrides, source.preprocessing, shape)
+    pre = effective_preprocessing(overrides, source.preprocessing, shape)
     model = torch_source.load(source, shape)
     _check_data(req, model.task, model.num_classes)
 
