@@ -214,7 +214,7 @@ def _control_detector(
 
     from toolchain.optimize import finetune, measure, torch_source
     from toolchain.optimize.request import OptimizeRequest
-    from toolchain.pipeline import _preprocessing
+    from toolchain.pipeline import effective_preprocessing
     from toolchain.sources import resolve_source
 
     source = resolve_source(checkpoint)
@@ -226,11 +226,32 @@ def _control_detector(
         label="control",
     )  # fmt: skip
     overrides = SimpleNamespace(layout=None, color=None, scale=None, mean=None, std=None)
-    pre = _preprocessing(overrides, source.preprocessing, shape)
+    pre = effective_preprocessing(overrides, source.preprocessing, shape)
     limit = OptimizeRequest.model_fields["val_limit"].default
     evaluation = measure.evaluation_data(data_yaml, "detect", pre, shape, model.num_classes, limit)
     onnx_path = measure.fp32_onnx(resolve_source(str(tuned)), shape)
     return measure.accuracy(onnx_path, evaluation, source.nms, threads)
+
+
+def _earlier_control(path: Path | None, how: str, shape: list[int], epochs: int):
+    """The control of an earlier run's row with the same base, input and training length, or (None, None).
+
+    Training is seeded and deterministic, so the same base trained the same epochs scores the same; this
+    spares a rerun the control's quarter of an hour when only the pruning changes."""
+    if path is None:
+        return None, None
+    size = "x".join(str(d) for d in shape[1:])
+    for row in json.loads(path.read_text())["rows"]:
+        trained = row.get("control_epochs", row["epochs"] + (row.get("sparse_epochs") or 0))
+        if (
+            row.get("trained") == how
+            and row["input"] == size
+            and trained == epochs
+            and row.get("metric_control")
+        ):
+            print(f"control at {size}, {epochs} epochs: {row['metric_control']} (from {path})", flush=True)
+            return {row["metric"]: row["metric_control"]}, row.get("control_seconds")
+    raise SystemExit(f"error: {path} has no control for {how} at {size} trained {epochs} epochs")
 
 
 def bench_detector(work: Path, key: Path, args) -> list[dict]:
@@ -243,11 +264,17 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
         shape = [1, 3, size, size]
         start = time.perf_counter()
         # the control trains as long as a pruned model does in all: sparse training, then fine-tuning
-        control = _control_detector(
-            checkpoint, data_yaml, shape, epochs + args.sparse_epochs, args.threads, work / f"control-{size}"
+        control_epochs = epochs + args.sparse_epochs
+        control, control_seconds = _earlier_control(args.reuse_control, spec["how"], shape, control_epochs)
+        if control is None:
+            control = _control_detector(
+                checkpoint, data_yaml, shape, control_epochs, args.threads, work / f"control-{size}"
+            )
+            control_seconds = round(time.perf_counter() - start, 1)
+        print(
+            f"control at {size} px, {epochs + args.sparse_epochs} epochs: {control} ({control_seconds} s)",
+            flush=True,
         )
-        control_seconds = round(time.perf_counter() - start, 1)
-        print(f"control at {size} px, {epochs} epochs: {control} ({control_seconds} s)", flush=True)
         for ratio, round_to in ((r, t) for r in ratios for t in args.detector_round_to):
             report, seconds = _optimize(
                 str(checkpoint), data_yaml, data_yaml, work / f"yolo{size}-pruned-{ratio}-{round_to}", ratio,
@@ -259,7 +286,7 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
             row = _case("YOLO11n shapes", report, int8, shape, runs, args.threads, control)
             row.update(
                 round_to=round_to, optimize_seconds=round(seconds, 1), control_seconds=control_seconds,
-                trained=spec["how"],
+                control_epochs=control_epochs, trained=spec["how"],
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(row, indent=1), flush=True)
@@ -405,6 +432,10 @@ def main() -> None:
     parser.add_argument(
         "--sparse-reg", type=float, default=None, help="its coefficient (default: optimize's)"
     )
+    parser.add_argument(
+        "--reuse-control", type=Path, default=None,
+        help="an earlier prune.json whose control (same base, input and epochs) this run takes instead of training it",
+    )  # fmt: skip
     parser.add_argument("--ratios-640", type=lambda text: [float(v) for v in text.split(",")], default=[0.5])
     parser.add_argument("--sizes", type=lambda text: [int(v) for v in text.split(",")], default=[160, 640])
     parser.add_argument(

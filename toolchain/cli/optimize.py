@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-SPARSE_REG_DEFAULT = 5e-4  # toolchain.optimize.request.SPARSE_REG; not imported, so --help stays light
+SPARSE_REG_DEFAULT = 5e-3  # toolchain.optimize.request.SPARSE_REG; not imported, so --help stays light
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SIDECAR_SUFFIX = ".pruning.json"
 SIDECAR_SCHEMA = "edgectl.pruning/1"
-SPARSE_REG = 5e-4  # Torch-Pruning's group-lasso coefficient when --sparse-epochs is on (see docs/architecture.md, "Structured pruning")
+SPARSE_REG = 5e-3  # Torch-Pruning's group-lasso coefficient when --sparse-epochs is on (see docs/architecture.md, "Structured pruning")
 METHOD = "torch-pruning DepGraph, L2 group magnitude, channels per layer"
 
 
