@@ -169,7 +169,11 @@ def parse_incoming(item: Incoming) -> Presence | Telemetry | UpdateStatus | None
 def apply_messages(
     session: Session, messages: list[Presence | Telemetry | UpdateStatus], stats: IngestStats | None = None
 ) -> None:
-    """Write a batch of parsed messages in order: presence, then telemetry in bulk, update statuses."""
+    """Write a batch of parsed messages, each device's in the order they came.
+
+    Telemetry is written in bulk (one statement for the batch), update statuses too; a presence or update
+    status first writes what was gathered before it of the same device, so a device's state ends as its
+    last message left it."""
     stats = stats if stats is not None else IngestStats()
     names = {msg.device for msg in messages}
     # Telemetry, most of what comes in, needs only the device's id; ORM objects only for the rest.
@@ -181,6 +185,7 @@ def apply_messages(
         else {}
     )
     telemetry: list[tuple[int, Telemetry]] = []
+    pending: set[str] = set()  # devices with telemetry in `telemetry`, not yet written
     updates: list[tuple[m.Device, UpdateStatus]] = []
     for message in messages:
         ref = known.get(message.device)
@@ -192,17 +197,33 @@ def apply_messages(
             continue
         if isinstance(message, Telemetry):
             telemetry.append((ref[0], message))
-        elif isinstance(message, Presence):
+            pending.add(message.device)
+            continue
+        if message.device in pending:
+            # Telemetry this device sent before this message goes first: written after it, its model
+            # and online flag would undo what an update status or a Last Will just set.
+            _record_updates(session, updates, stats)
+            _record_telemetry(session, telemetry, stats)
+            for name in pending & devices.keys():  # written past the ORM: read them again when next used
+                session.expire(devices[name])
+            pending.clear()
+        if isinstance(message, Presence):
             _record_updates(session, updates, stats)  # the statuses before it, in their order
             crud.apply_presence(session, device=devices[message.device], presence=message)
             stats.stored += 1
         elif isinstance(message, UpdateStatus):
             updates.append((devices[message.device], message))
     _record_updates(session, updates, stats)
+    _record_telemetry(session, telemetry, stats)
+
+
+def _record_telemetry(session: Session, telemetry: list, stats: IngestStats) -> None:
+    """The telemetry gathered so far, in one statement; the list is emptied."""
     if telemetry:
         inserted = crud.record_telemetry(session, items=telemetry)
         stats.stored += inserted
         stats.duplicates += len(telemetry) - inserted
+        telemetry.clear()
 
 
 def _record_updates(session: Session, updates: list, stats: IngestStats) -> None:

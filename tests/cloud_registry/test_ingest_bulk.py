@@ -119,3 +119,32 @@ def test_two_writer_lanes_keep_each_devices_order_and_store_everything_once(writ
         assert dev_a.last_telemetry["seq"] == 30 and dev_d.last_telemetry["seq"] == 30
         events = session.scalars(select(m.UpdateEvent.state).order_by(m.UpdateEvent.id)).all()
         assert events == states
+
+
+def test_a_devices_state_ends_as_its_last_message_in_the_batch_left_it(writer_registry, backend):
+    """Telemetry is written in bulk, but not after a later message of the same device: a device that
+    reported v1, then updated to v2 (or sent its Last Will) in the same batch ends at v2 (or offline)."""
+    from cloud_registry.ingest import IngestStats, apply_messages
+    from tests.cloud_registry.helpers import presence, update_status
+
+    factory = writer_registry.factory
+    stats = IngestStats()
+    with factory() as session, session.begin():  # both devices known at v1, dev-b online in session 1
+        apply_messages(session, [telemetry("dev-a", 1), presence("dev-b", 1), telemetry("dev-b", 1)], stats)
+    succeeded = update_status("dev-a", 3, update_id="u1", state="SUCCEEDED", to_version=2, from_version=1)
+    batch = [telemetry("dev-a", 2), telemetry("dev-b", 2), succeeded, presence("dev-b", 1, state="offline")]
+    with factory() as session, session.begin():
+        apply_messages(session, batch, stats)
+    assert (stats.stored, stats.dropped) == (7, 0)
+    with factory() as session:
+        dev_a, dev_b = _device(session, "dev-a"), _device(session, "dev-b")
+        assert (dev_a.current_version, dev_a.slot) == (2, "b")  # not the v1 its telemetry named before
+        assert dev_a.last_telemetry["seq"] == 2
+        assert dev_b.online is False and dev_b.last_telemetry["seq"] == 2
+    # A rollback to the version the device was loaded at: the ORM row was read before the telemetry
+    # moved it to v2 past the ORM, so it must be read again, or the write back to v1 is skipped.
+    rolled_back = update_status("dev-a", 5, update_id="u2", state="ROLLED_BACK", to_version=3, from_version=2)
+    with factory() as session, session.begin():
+        apply_messages(session, [telemetry("dev-a", 4, version=3), rolled_back], stats)
+    with factory() as session:
+        assert _device(session, "dev-a").current_version == 2
