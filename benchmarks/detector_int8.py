@@ -362,67 +362,6 @@ def _exporter_rows(record: dict, cached: bool) -> list[dict]:
 # ---------------------------------------------------------------- measuring
 
 
-class _Runner:
-    """An artifact on the plain runtime, 2 threads: ONNX Runtime for .onnx / .ort, LiteRT for .tflite."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.suffix in (".onnx", ".ort"):
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = THREADS
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            first = self.session.get_inputs()[0]
-            self.input_name = first.name
-            self.shape = [d if isinstance(d, int) else 1 for d in first.shape]
-            self.dtype = np.dtype(
-                {"tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(first.type, "float32")
-            )
-            self.quant = None
-            self.runtime = "onnxruntime"
-        else:
-            from ai_edge_litert.interpreter import Interpreter
-
-            self.interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
-            self.interpreter.allocate_tensors()
-            detail = self.interpreter.get_input_details()[0]
-            self.input_index = detail["index"]
-            self.shape = [int(d) for d in detail["shape"]]
-            self.dtype = np.dtype(detail["dtype"])
-            scale, zero_point = detail["quantization"]
-            self.quant = (float(scale), int(zero_point)) if self.dtype.kind in "iu" and scale else None
-            self.outputs = self.interpreter.get_output_details()
-            self.runtime = "litert"
-
-    def prepare(self, image_nchw: np.ndarray) -> np.ndarray:
-        """One (1, 3, H, W) float 0..1 image as this artifact takes it: layout, dtype, int8 quantization."""
-        x = image_nchw
-        if list(x.shape) != self.shape and self.shape[-1] == 3:
-            x = x.transpose(0, 2, 3, 1)
-        if self.quant:
-            scale, zero_point = self.quant
-            info = np.iinfo(self.dtype)
-            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
-        return np.ascontiguousarray(x.astype(self.dtype))
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        if self.runtime == "onnxruntime":
-            return self.session.run(None, {self.input_name: x})
-        self.interpreter.set_tensor(self.input_index, x)
-        self.interpreter.invoke()
-        values = []
-        for detail in self.outputs:
-            value = self.interpreter.get_tensor(detail["index"])
-            scale, zero_point = detail["quantization"]
-            if value.dtype.kind in "iu" and scale:
-                value = (value.astype(np.float32) - zero_point) * np.float32(scale)
-            values.append(value)
-        return values
-
-
 def _as_ultralytics_output(outputs: list[np.ndarray], num_classes: int) -> np.ndarray:
     """(4 + nc, anchors) from one image's outputs: one (1, 4 + nc, A) or (1, A, 4 + nc) tensor, or boxes and
     scores as two outputs (4 and nc channels), whichever convention the artifact follows."""
@@ -466,34 +405,34 @@ def measure(artifacts: list[dict], data_yaml: Path, size: int, runs: int) -> Non
     """mAP and latency of every artifact, in place. Timed runs interleave the artifacts, round by round."""
     from toolchain.detection import decode_ultralytics, detection_metrics
     from toolchain.detector_head import embedded_metadata
+    from toolchain.runners import open_runner, runtime_for
 
     images, truths, num_classes = load_val(data_yaml, size)
     runners = {}
     for artifact in artifacts:
-        try:
-            runners[artifact["path"]] = _Runner(Path(artifact["path"]))
+        try:  # the runners `build` validates with; on .onnx / .ort / .tflite files they are the plain runtimes
+            path = Path(artifact["path"])
+            runners[artifact["path"]] = open_runner(runtime_for(path), path, THREADS)
         except Exception as exc:  # an artifact the plain runtime refuses is a row with its error
             artifact["measure_error"] = f"{type(exc).__name__}: {exc}"[:300]
     for artifact in artifacts:
         runner = runners.get(artifact["path"])
         if runner is None:
             continue
+        # Boxes normalised to 0..1 (Ultralytics' LiteRT convention) come back in input pixels: the LiteRT
+        # runner scales them when the file says so, as Ultralytics' backend reads it, by the metadata.json
+        # it carries (edgectl's and Ultralytics' TFLite detectors both do); not from the values, since DFL
+        # boxes of stray anchors reach 3x the input size.
         raw = [_as_ultralytics_output(runner.run(runner.prepare(x)), num_classes) for x in images]
-        # boxes normalised to 0..1 (Ultralytics' LiteRT convention) are scaled to input pixels first; a file
-        # says so as Ultralytics' backend reads it, by the metadata.json it carries (edgectl's and Ultralytics'
-        # TFLite detectors both do). Not from the values: DFL boxes of stray anchors reach 3x the input size.
         normalized = embedded_metadata(Path(artifact["path"])).get("task") == "detect"
-        if normalized:
-            for r in raw:
-                r[:4] *= size
         predictions = [
             decode_ultralytics(r, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, multi_label=True)[0]
             for r in raw
         ]
         scores = detection_metrics(predictions, truths, num_classes)
         artifact.update(
-            runtime=runner.runtime,
-            input=f"{runner.dtype.name} {runner.shape}",
+            runtime=runtime_for(Path(artifact["path"])),
+            input=f"{runner.input_dtype.name} {runner.input_shape}",
             boxes="normalized" if normalized else "pixels",
             size_bytes=_size(Path(artifact["path"])),
             **{k: round(100 * v, 2) for k, v in scores.items() if k in ("mAP50-95", "mAP50")},
@@ -652,7 +591,7 @@ def goal_checks(rows: list[dict]) -> list[dict]:
         limit = None
         if r["target"] == "cpu":
             limit = GOALS["cpu_int8_ratio"]
-        elif r.get("runtime") == "litert":
+        elif r.get("runtime") == "tflite":  # the LiteRT interpreter
             limit = GOALS["litert_int8_ratio"]
         if limit is not None:
             checks.append(
