@@ -281,11 +281,10 @@ def _add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
 
 
 def _device_windows(
-    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice]
+    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice], policy: schemas.GatePolicy
 ) -> list[tuple[gates.Window, gates.Window]]:
     """(before, after) per updated device: its telemetry on its previous version before it was told to
     update, and on the new version since it reported SUCCEEDED (empty when it has not)."""
-    policy = schemas.GatePolicy.model_validate(rollout.policy)
     to_version = rollout.version.version
     model_name = rollout.version.model.name
     starts = [e.started_at for e in entries if e.started_at is not None]
@@ -403,7 +402,7 @@ def pooled_windows(
     """These devices' (before, after) windows, and their pool under the rollout's minimum-evidence rules:
     what the gates judge on (and the retraining loop's canary checks, on the same evidence)."""
     policy = schemas.GatePolicy.model_validate(rollout.policy)
-    windows = _device_windows(session, rollout, entries)
+    windows = _device_windows(session, rollout, entries, policy)
     before, after, evidence = gates.pool(
         windows,
         min_device_inferences=policy.min_device_inferences,
