@@ -19,11 +19,12 @@ SPARSE_REG = 5e-3  # Torch-Pruning's group-lasso coefficient when --sparse-epoch
 METHOD = "torch-pruning DepGraph, L2 group magnitude, channels per layer"
 
 
-def method_text(sparse_epochs: int, sparse_reg: float) -> str:
+def method_text(sparse_epochs: int, sparse_reg: float, task: str = "classify") -> str:
     """How the model was pruned, as the sidecar and the manifest's lineage say it."""
+    method = f"{METHOD}, detection head kept whole" if task == "detect" else METHOD
     if not sparse_epochs:
-        return METHOD
-    return f"{METHOD}, after {sparse_epochs} epochs of group-lasso sparse training (reg {sparse_reg:g})"
+        return method
+    return f"{method}, after {sparse_epochs} epochs of group-lasso sparse training (reg {sparse_reg:g})"
 
 
 class OptimizeRequest(BaseModel):

@@ -336,7 +336,7 @@ def _run(req: OptimizeRequest, reporter, source, model, shape, pre, staging: Pat
         source_sha256=source.sha256,
         ratio=chosen.ratio,
         round_to=req.round_to,
-        method=method_text(req.sparse_epochs, req.sparse_reg),
+        method=method_text(req.sparse_epochs, req.sparse_reg, model.task),
         sparse_epochs=req.sparse_epochs,
         sparse_reg=req.sparse_reg if req.sparse_epochs else None,
         torch_pruning=version_of("torch-pruning"),

@@ -5,7 +5,7 @@ with the outputs of nested blocks (C3k2 with C3k inside, as in YOLO11: an IndexE
 channels). The fix Torch-Pruning's own YOLOv8 example uses is to compute the two halves with two
 convolutions instead of one convolution and a split: the same function, the same weights, and no
 split left to trace. Blocks that index channels by stored sizes (C2PSA's split by `self.c`, attention
-heads) and the head's final convolutions (box and class outputs) keep their channels.
+heads) and the detection head keep their channels.
 
 The replaced class is pickled into the pruned checkpoint, so loading that checkpoint needs edgectl
 importable (as `edgectl build` has it).
@@ -17,8 +17,6 @@ import copy
 
 import torch
 from torch import nn
-
-HEAD_OUTPUT_LISTS = ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4")
 
 
 class SplitFreeC2f(nn.Module):
@@ -71,18 +69,17 @@ def make_prunable(model: nn.Module) -> int:
 
 
 def kept_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose output channels must not change: the head's outputs, DFL, split-by-size and attention blocks."""
+    """Modules whose output channels must not change: the detection head, whole, and the split-by-size and
+    attention blocks.
+
+    The head is kept whole, as Torch-Pruning's own YOLOv8 example does, and not only its box, class and
+    DFL outputs: its inputs still narrow with the neck, but its box and class towers keep their widths.
+    On the shapes YOLO11n at 160 px (40 fine-tune epochs, channels in 8s), pruning the towers too gave
+    92.99 mAP50-95 at 1.86x at 40%; keeping them gave 93.90 at 1.66x at 50%, more accuracy at a speed
+    between those of 40% and 30% (94.36 at 1.44x took 30 more epochs of sparse training)."""
     from ultralytics.nn.modules import Detect
     from ultralytics.nn.modules.block import C2PSA, PSA, Attention, PSABlock
 
-    kept: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, Detect):
-            if getattr(module, "dfl", None) is not None:
-                kept.append(module.dfl)
-            for attr in HEAD_OUTPUT_LISTS:
-                for branch in getattr(module, attr, None) or []:
-                    kept.append(branch[-1] if isinstance(branch, nn.Sequential) else branch)
-        elif isinstance(module, (C2PSA, PSA, PSABlock, Attention)):
-            kept.append(module)
-    return kept
+    return [
+        module for module in model.modules() if isinstance(module, (Detect, C2PSA, PSA, PSABlock, Attention))
+    ]
