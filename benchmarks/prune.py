@@ -287,15 +287,26 @@ def bench_detector(work: Path, key: Path, args) -> list[dict]:
             row = _case("YOLO11n shapes", report, int8, shape, runs, args.threads, control)
             row.update(
                 round_to=round_to, optimize_seconds=round(seconds, 1), control_seconds=control_seconds,
-                control_epochs=control_epochs, trained=spec["how"],
+                control_epochs=control_epochs, trained=spec["how"], head_kept="head kept whole" in report_method(report),
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(row, indent=1), flush=True)
     return rows
 
 
+def report_method(report) -> str:
+    """The pruning method the optimized model's sidecar records."""
+    from toolchain.optimize import read_pruning_record
+
+    record = read_pruning_record(report.model)
+    return record.method if record else ""
+
+
 def _rounding(row: dict) -> str:
-    return f", channels in {row['round_to']}s" if row.get("round_to", 1) > 1 else ""
+    """The ratio's qualifiers: channels rounded to a multiple, and the detection head kept whole (rows
+    measured before that was optimize's way pruned the head's box and class towers too)."""
+    text = f", channels in {row['round_to']}s" if row.get("round_to", 1) > 1 else ""
+    return text + (", head kept" if row.get("head_kept") else "")
 
 
 def _epochs(row: dict) -> str:
@@ -317,7 +328,7 @@ def _drop(row: dict) -> float | None:
     return round(baseline - row["metric_fp32_after"], 2)
 
 
-def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
+def write_markdown(rows: list[dict], host: str, args, path: Path, runs: int = 1) -> None:
     lines = [
         "# Structured pruning, then INT8: `edgectl optimize` and `edgectl build --target cpu`",
         "",
@@ -355,10 +366,10 @@ def write_markdown(rows: list[dict], host: str, args, path: Path) -> None:
         if r.get("int8_note")
     ]
     lines += [f"- [{index}] {how}." for index, how in enumerate(trained, 1)]
-    if len(getattr(args, "combine", None) or []) > 1:
+    if runs > 1:
         lines += [
             "",
-            f"Rows from {len(args.combine)} runs of this script (`--combine`): absolute times differ between runs "
+            f"Rows from {runs} runs of this script (`--combine`): absolute times differ between runs "
             "with the host's load; ratios within a row do not.",
         ]
     lines += [
@@ -461,7 +472,7 @@ def main() -> None:
     if args.combine:
         documents = [json.loads(path.read_text()) for path in args.combine]
         host, rows = documents[0]["host"], [row for document in documents for row in document["rows"]]
-        _write(rows, host, args)
+        _write(rows, host, args, runs=sum(document.get("runs", 1) for document in documents))
         return
     with tempfile.TemporaryDirectory(prefix="edgectl-prune-bench-") as tmp:
         work = Path(tmp)
@@ -476,11 +487,13 @@ def main() -> None:
     _write(rows, host, args)
 
 
-def _write(rows: list[dict], host: str, args) -> None:
+def _write(rows: list[dict], host: str, args, runs: int = 1) -> None:
+    """prune.{json,md,png}; `runs`: how many runs of this script the rows come from (a combined document
+    counts the runs it was combined from)."""
     args.out.mkdir(parents=True, exist_ok=True)
-    document = {"host": host, "threads": args.threads, "rows": rows}
+    document = {"host": host, "threads": args.threads, "runs": runs, "rows": rows}
     (args.out / "prune.json").write_text(json.dumps(document, indent=2) + "\n")
-    write_markdown(rows, host, args, args.out / "prune.md")
+    write_markdown(rows, host, args, args.out / "prune.md", runs)
     write_plot(rows, args.out / "prune.png")
     print((args.out / "prune.md").read_text())
 
