@@ -323,63 +323,57 @@ def _device_windows(
 def _window_rows(
     session: Session, rollout: m.Rollout, model_name: str, to_version: int, baseline_window_s: float
 ):
-    """Every telemetry row of the rollout's devices that falls in a gate window, in two joined queries
-    (before: the device's previous version, in the baseline window before it was told to update;
-    after: the new version, since it reported SUCCEEDED), each row with its rollout entry's id. One
-    query per device and window made a 10,000-device rollout's reconciler spend seconds on each tick."""
-    t, rd = m.TelemetryRecord, m.RolloutDevice
-    columns = (rd.id, t.count, t.errors, t.latency_ms_p95, t.drift, t.interval_s)
-    joined = (
-        select(*columns)
-        .join(rd, rd.device_id == t.device_id)
-        .where(rd.rollout_id == rollout.id, rd.started_at.is_not(None), t.model_name == model_name)
-    )
-    before = session.execute(
-        joined.where(
-            rd.from_version.is_not(None),
-            t.model_version == rd.from_version,
-            t.received_at >= rd.started_at - baseline_window_s,
-            t.received_at < rd.started_at,
-        )
-    ).all()
-    after = session.execute(
-        joined.where(
-            rd.state == "succeeded",
-            rd.finished_at.is_not(None),
-            t.model_version == to_version,
-            t.received_at >= rd.finished_at,
-        )
-    ).all()
-    return before, after
+    """Every telemetry row of the rollout's devices that falls in a gate window, each row with its rollout
+    entry's id (see `_gate_rows`)."""
+    t = m.TelemetryRecord
+
+    def within(start, stop=None):  # a report counts in the window it was received in
+        return (t.received_at >= start, *(() if stop is None else (t.received_at < stop,)))
+
+    columns = (t.count, t.errors, t.latency_ms_p95, t.drift, t.interval_s)
+    return _gate_rows(session, rollout, t, columns, within, model_name, to_version, baseline_window_s)
 
 
 def _hourly_rows(
     session: Session, rollout: m.Rollout, model_name: str, to_version: int, baseline_window_s: float
 ):
-    """Telemetry past its retention (cloud_registry.retention), to the hour, for the same two windows as
-    `_window_rows`, each aggregate with its rollout entry's id: an hourly aggregate counts in a window
-    its hour overlaps. Raw rows and aggregates never cover the same message. Two joined queries, not
-    two per device."""
-    h, rd = m.TelemetryHourly, m.RolloutDevice
+    """Telemetry past its retention (cloud_registry.retention), to the hour, for the same two windows, each
+    aggregate with its rollout entry's id. Raw rows and aggregates never cover the same message."""
+    h = m.TelemetryHourly
+
+    def within(start, stop=None):  # an hourly aggregate counts in a window its hour overlaps
+        return (h.hour > start - 3600, *(() if stop is None else (h.hour < stop,)))
+
+    return _gate_rows(session, rollout, h, (h,), within, model_name, to_version, baseline_window_s)
+
+
+def _gate_rows(
+    session: Session, rollout: m.Rollout, table, columns, within, model_name, to_version, baseline_window_s
+):
+    """(before, after) rows of `table` (raw telemetry or its hourly aggregates) for the rollout's started
+    devices, in two joined queries: before, the device's previous version in the baseline window before
+    it was told to update; after, the new version since it reported SUCCEEDED. `within(start, stop)`
+    says which of the table's rows fall in a window. One query per device and window made a
+    10,000-device rollout's reconciler spend seconds on each tick."""
+    rd = m.RolloutDevice
     joined = (
-        select(rd.id, h)
-        .join(rd, rd.device_id == h.device_id)
-        .where(rd.rollout_id == rollout.id, rd.started_at.is_not(None), h.model_name == model_name)
+        select(rd.id, *columns)
+        .join(rd, rd.device_id == table.device_id)
+        .where(rd.rollout_id == rollout.id, rd.started_at.is_not(None), table.model_name == model_name)
     )
     before = session.execute(
         joined.where(
             rd.from_version.is_not(None),
-            h.model_version == rd.from_version,
-            h.hour > rd.started_at - baseline_window_s - 3600,
-            h.hour < rd.started_at,
+            table.model_version == rd.from_version,
+            *within(rd.started_at - baseline_window_s, rd.started_at),
         )
     ).all()
     after = session.execute(
         joined.where(
             rd.state == "succeeded",
             rd.finished_at.is_not(None),
-            h.model_version == to_version,
-            h.hour > rd.finished_at - 3600,
+            table.model_version == to_version,
+            *within(rd.finished_at),
         )
     ).all()
     return before, after
