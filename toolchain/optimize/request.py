@@ -19,7 +19,7 @@ SPARSE_REG = 5e-3  # Torch-Pruning's group-lasso coefficient when --sparse-epoch
 METHOD = "torch-pruning DepGraph, L2 group magnitude, channels per layer"
 
 
-def method_text(sparse_epochs: int, sparse_reg: float, task: str = "classify") -> str:
+def method_text(sparse_epochs: int, sparse_reg: float, task: str) -> str:
     """How the model was pruned, as the sidecar and the manifest's lineage say it."""
     method = f"{METHOD}, detection head kept whole" if task == "detect" else METHOD
     if not sparse_epochs:
