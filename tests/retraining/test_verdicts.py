@@ -84,7 +84,11 @@ def test_labels_that_contradict_the_parent_are_refused_however_well_the_candidat
     queued = client.post(f"/api/v1/models/{MODEL}/retrain", json={}, headers=ADMIN).json()
     job = run_jobs(registry, client, queued["id"])
     figures = job["evaluation"]["cpu"]
-    assert figures["candidate"] == 100.0 and figures["parent"] < 20, figures  # on the same bad labels
+    # On the same bad labels the parent scores only where it predicts "0": about the held-out share of real
+    # zeros, which depends on the random split (20.00 with 4 zeros in 20 once), so bounded loosely here.
+    assert figures["candidate"] == 100.0, figures
+    assert figures["parent"] == pytest.approx(100 * figures["parent_counts"][0] / figures["samples"]), figures
+    assert figures["parent"] < 50, figures
     _one_line_refusal(job, "the labels look wrong: ")
     assert figures["label_counts"][0] == figures["samples"] == sum(figures["candidate_counts"])
     assert "edgectl retrain samples" in job["reason"]
