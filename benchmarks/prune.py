@@ -396,8 +396,12 @@ def write_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6), squeeze=False)
-    for ax, r in zip(axes[0], rows, strict=True):
+    columns = min(len(rows), 5)  # wrapped, so that a report of many rows stays readable
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 3.6 * lines), squeeze=False)
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, rows, strict=False):
         values = [r["p50_ms_fp32_before"], r["p50_ms_fp32_after"], r["p50_ms_int8_after"] or 0.0]
         bars = ax.bar(
             ["FP32\nbefore", "FP32\npruned", "INT8\npruned"], values, color=["#888", "#3a7", "#37a"]
