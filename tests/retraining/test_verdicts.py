@@ -85,9 +85,12 @@ def test_labels_that_contradict_the_parent_are_refused_however_well_the_candidat
     job = run_jobs(registry, client, queued["id"])
     figures = job["evaluation"]["cpu"]
     # On the same bad labels the parent scores only where it predicts "0": about the held-out share of real
-    # zeros, which depends on the random split (20.00 with 4 zeros in 20 once), so bounded loosely here.
+    # zeros, which depends on the random split (20.00 with 4 zeros in 20 once), so bounded loosely here;
+    # the report rounds to 4 decimals (5.2632 for 1 of 19).
     assert figures["candidate"] == 100.0, figures
-    assert figures["parent"] == pytest.approx(100 * figures["parent_counts"][0] / figures["samples"]), figures
+    assert figures["parent"] == pytest.approx(
+        100 * figures["parent_counts"][0] / figures["samples"], abs=1e-3
+    ), figures
     assert figures["parent"] < 50, figures
     _one_line_refusal(job, "the labels look wrong: ")
     assert figures["label_counts"][0] == figures["samples"] == sum(figures["candidate_counts"])
