@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -251,7 +252,7 @@ class IngestWriter:
         batch_size: int = 500,
         flush_s: float = 0.2,
         max_queue: int = 100_000,
-        ack=None,  # type: ignore[no-untyped-def]
+        ack: Callable[[list[tuple[int, int]]], None] | None = None,
         writers: int = 1,
     ) -> None:
         self.factory, self.batch_size, self.flush_s = factory, batch_size, flush_s
@@ -345,8 +346,7 @@ class IngestWriter:
             return  # shutting down: unacknowledged messages are redelivered to the next session
         self._count(batches=1)
         if self.ack is not None:
-            for item in batch:
-                self.ack(item.mid, item.qos)
+            self.ack([(item.mid, item.qos) for item in batch if item.qos])
 
     def _store(self, messages: list[Presence | Telemetry | UpdateStatus]) -> bool:
         """Commit these messages, isolating any the database refuses; False only when stopping."""

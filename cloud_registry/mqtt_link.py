@@ -11,6 +11,9 @@
   republishes every retained desired state then).
 - The socket is read 64 KiB at a time (`_ReadAhead`): paho reads each packet with
   three or four small recv calls, which took a third of its time per message.
+  What is buffered is handled in one pass of paho's loop (`loop_read`), not one
+  select per packet, and a committed batch is acknowledged with one write
+  (`ack_many`), not one wake-up and one send per message.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 
@@ -33,6 +37,8 @@ SESSION_EXPIRY_S = 3600
 
 
 _READ_AHEAD = 65536
+_READ_BURST = 1000  # packets handled from the buffer before paho's loop looks at its writes and timers again
+_PUBACK = struct.Struct("!BBH")  # an MQTT 5 PUBACK of success without properties: type, length 2, packet id
 
 
 class _ReadAhead:
@@ -74,6 +80,38 @@ class _Client(mqtt.Client):
         if self._ssl or self._transport != "tcp":
             return sock
         return _ReadAhead(sock)
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        # paho's loop reads one packet per pass, each pass a select call (its timeout 0 while bytes are
+        # pending): every packet already in the buffer is handled here first, up to a burst.
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        for _ in range(_READ_BURST):
+            if rc != mqtt.MQTT_ERR_SUCCESS or not isinstance(sock, _ReadAhead) or not sock.pending():
+                break
+            rc = super().loop_read(1)
+        return rc
+
+    def message_callback_add(self, sub, callback) -> None:  # type: ignore[no-untyped-def]
+        raise NotImplementedError("the registry's link hands every message to its one on_message")
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # paho first walks its tree of per-topic callbacks (message_callback_add) for every message, a
+        # twentieth of the link's CPU; this client has none (refused above), so straight to on_message.
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK these QoS 1 messages in one packet write and one wake-up of the network thread.
+
+        `ack` queues each PUBACK on its own: a write to wake the loop, then a send, per message (a tenth of
+        the registry's CPU at 6,000 messages a second). Several MQTT packets in one write are just a byte
+        stream to the broker; paho sends a queued entry until all of its bytes are out."""
+        if mids:
+            packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+            self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
 
 class MqttLink:
@@ -126,6 +164,13 @@ class MqttLink:
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self.client.ack(mid, qos)
+
+    def ack_many(self, items: list[tuple[int, int]]) -> None:
+        """Acknowledge (mid, qos) pairs: QoS 1 in one write, QoS 2 one by one (nobody publishes data at 2)."""
+        self.client.ack_many([mid for mid, qos in items if qos == 1])
+        for mid, qos in items:
+            if qos == 2:
+                self.client.ack(mid, qos)
 
     def publish_desired(self, fleet: str, device: str, payload: bytes | None) -> None:
         """Retained, QoS 1; an empty payload clears the retained message."""

@@ -105,7 +105,7 @@ class Registry:
                 self.factory,
                 batch_size=self.settings.ingest_batch_size,
                 flush_s=self.settings.ingest_flush_s,
-                ack=self.link.ack,
+                ack=self.link.ack_many,
                 writers=self.settings.ingest_writers or (1 if self.engine.dialect.name == "sqlite" else 2),
             )
             self.ingest.start()

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -131,6 +132,44 @@ def test_messages_the_broker_acknowledged_survive_its_restart_while_the_registry
         assert sorted(received) == sorted(sent)
     finally:
         link.stop()
+
+
+def test_acknowledged_in_one_write_are_gone_and_the_rest_redelivered(fleet_broker):
+    """`ack_many` writes a batch's PUBACKs as one packet write (paho's private `_packet_queue`): against the
+    real broker, exactly the messages it names are done with; the others come back to the session."""
+    from cloud_registry.mqtt_link import MqttLink
+
+    settings, broker = fleet_broker
+    delivered: list[tuple[int, int, bytes]] = []
+    link = MqttLink(settings, lambda message: delivered.append((message.mid, message.qos, message.payload)))
+    link.start()
+    assert link.subscribed.wait(20), "the registry's MQTT subscription"
+    device = Client(broker.port, "edgectl-default-dev-a", "dev-a", PASSWORDS["dev-a"])
+    assert device.connected.wait(10) and device.reason == "Success", device.reason
+    sent = [f"message {i}".encode() for i in range(10)]
+    for payload in sent:
+        device.publish(Topics("default", "dev-a").telemetry, payload)
+    device.close()
+    wait_for(lambda: len(delivered) == len(sent), "every message", 20, broker.log)
+    link.ack_many([(mid, qos) for mid, qos, _ in delivered[:6]])
+    link.stop()  # its DISCONNECT goes after the PUBACKs; the session stays on the broker
+
+    again: list[bytes] = []
+    link = _registry_link(settings, again)
+    try:
+        wait_for(lambda: len(again) >= 4, "the four not acknowledged", 20, broker.log)
+        time.sleep(0.5)  # nothing more comes
+        assert sorted(again) == sorted(sent[6:])
+    finally:
+        link.stop()
+
+
+def test_the_registry_link_takes_no_per_topic_callbacks(fleet_broker):
+    from cloud_registry.mqtt_link import MqttLink
+
+    link = MqttLink(fleet_broker[0], lambda message: None)
+    with pytest.raises(NotImplementedError):
+        link.client.message_callback_add("edgectl/data/#", lambda *args: None)
 
 
 def test_no_device_takes_over_the_registrys_client_id_or_another_devices(fleet_broker):

@@ -89,7 +89,11 @@ def test_two_writer_lanes_keep_each_devices_order_and_store_everything_once(writ
         pytest.skip("SQLite takes one writer at a time: the registry runs one lane there")
     acked: list[int] = []
     writer = IngestWriter(
-        writer_registry.factory, batch_size=7, flush_s=0.01, ack=lambda mid, qos: acked.append(mid), writers=2
+        writer_registry.factory,
+        batch_size=7,
+        flush_s=0.01,
+        ack=lambda items: acked.extend(mid for mid, _ in items),
+        writers=2,
     )
     _enroll(writer_registry, "dev-d")  # dev-a and dev-d take different lanes
     messages = []

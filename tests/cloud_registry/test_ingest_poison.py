@@ -135,7 +135,7 @@ def test_a_batch_the_database_refuses_is_halved_until_the_poison_is_alone(
     """The check before batching is the first line; halving is the second, for what it does not foresee."""
     monkeypatch.setattr("cloud_registry.ingest.unstorable", lambda message, payload=None: None)
     acked: list[int] = []
-    writer = IngestWriter(writer_registry.factory, ack=lambda mid, qos: acked.append(mid))
+    writer = IngestWriter(writer_registry.factory, ack=lambda items: acked.extend(mid for mid, _ in items))
     good = [telemetry("dev-b", seq) for seq in range(1, 20)]
     batch = [*good[:7], _poison("dev-a", 1), *good[7:], presence("dev-a", 3)]
     _write(writer, _items(batch))
