@@ -22,11 +22,11 @@ import json
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgebundle.manifest import DriftSummary
 from edgewire.commands import RollbackOrder
-from edgewire.topics import ID_RE
+from edgewire.topics import ID_PATTERN
 
 WIRE_SCHEMA = 1
 MAX_PAYLOAD_BYTES = 256 * 1024  # anything larger is refused before it is parsed
@@ -58,15 +58,9 @@ class _Wire(BaseModel):
 
 
 class _Addressed(_Wire):
-    fleet: str
-    device: str
-
-    @field_validator("fleet", "device")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not ID_RE.match(value):
-            raise ValueError("ids are 1-63 lowercase letters, digits or '-', starting alphanumeric")
-        return value
+    # Checked by pydantic's own validator (a Python one was a twentieth of the registry's ingest time).
+    fleet: str = Field(pattern=ID_PATTERN, description="1-63 lowercase letters, digits or '-'.")
+    device: str = Field(pattern=ID_PATTERN, description="1-63 lowercase letters, digits or '-'.")
 
 
 class _Queued(_Addressed):

@@ -34,7 +34,10 @@ DataKind = Literal["presence", "telemetry", "update"]
 CommandKind = Literal["desired"]
 DATA_KINDS: tuple[str, ...] = ("presence", "telemetry", "update")
 COMMAND_KINDS: tuple[str, ...] = ("desired",)
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# For pydantic's `pattern` (Rust's regex: `$` is the end of the text) and Python's `re`, where `$` also
+# matches before a final newline ("dev\n" passed): `\Z` there.
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ID_RE = re.compile(ID_PATTERN[:-1] + r"\Z")
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgebundle import generate_keypair, load_private_key, load_public_key
 from edgebundle.manifest import CONFIDENCE_BINS, DriftSummary
@@ -42,12 +43,23 @@ def test_topics_keep_data_and_commands_apart():
     )
 
 
-@pytest.mark.parametrize("bad", ["Cam", "cam/1", "+", "#", "", "-x", "a" * 64, "cam 1"])
+@pytest.mark.parametrize("bad", ["Cam", "cam/1", "+", "#", "", "-x", "a" * 64, "cam 1", "cam\n"])
 def test_ids_cannot_widen_a_subscription(bad):
     with pytest.raises(ValueError, match="lowercase"):
         Topics("fleet", bad)
     with pytest.raises(ValueError):
         Topics(bad, "device")
+
+
+def test_an_id_with_a_final_newline_is_refused_by_every_check():
+    """Python's `$` matches before a final newline: "cam\n" passed the id check once; pydantic's pattern
+    (Rust's regex) and the topic parser must agree that it is not an id."""
+    assert parse_topic("edgectl/data/f/cam\n/telemetry") is None
+    with pytest.raises(ValidationError):
+        _telemetry(device="cam\n")
+    with pytest.raises(ValidationError):
+        _telemetry(fleet="f\n")
+    assert _telemetry(device="cam-1").device == "cam-1"
 
 
 @pytest.mark.parametrize(
