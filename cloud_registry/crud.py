@@ -664,19 +664,22 @@ ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id
 """
 
 
-def _batch_json(items: list[tuple[int, Telemetry]] | Any) -> str:
-    """[{"d": device id, "m": the message}, ...], the messages in their wire form (pydantic's own JSON)."""
+def _batch_json(items: list[tuple[int, Telemetry]] | Any, wire: dict[str, str]) -> str:
+    """[{"d": device id, "m": the message}, ...], each message in its wire form: `wire`, msg_id -> pydantic's
+    own JSON of it, made once for the insert and the devices' update."""
     return (
         "["
-        + ",".join(f'{{"d":{device_id},"m":{message.model_dump_json()}}}' for device_id, message in items)
+        + ",".join(f'{{"d":{device_id},"m":{wire[message.msg_id]}}}' for device_id, message in items)
         + "]"
     )
 
 
 def _insert_telemetry_postgresql(
-    session: Session, items: list[tuple[int, Telemetry]], received_at: float
+    session: Session, items: list[tuple[int, Telemetry]], received_at: float, wire: dict[str, str]
 ) -> set[str]:
-    result = session.connection().exec_driver_sql(_PG_TELEMETRY_INSERT, (received_at, _batch_json(items)))
+    result = session.connection().exec_driver_sql(
+        _PG_TELEMETRY_INSERT, (received_at, _batch_json(items, wire))
+    )
     return {row[0] for row in result}
 
 
@@ -713,14 +716,17 @@ WHERE d.id = u.id AND COALESCE((d.last_telemetry->>'seq')::bigint, -1) <= (u.t->
 _PG_LOCK_DEVICES = "SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
 
 
-def _record_last_telemetry(session: Session, newest: dict[int, Telemetry], now: float) -> None:
-    if session.get_bind().dialect.name == "postgresql":
+def _record_last_telemetry(
+    session: Session, newest: dict[int, Telemetry], now: float, wire: dict[str, str] | None
+) -> None:
+    """`wire`: the messages' JSON the insert sent (PostgreSQL), None on SQLite."""
+    if wire is not None:
         connection = session.connection()
         # Replicas sharing a subscription update the same devices: take their rows in one order (by id),
         # so two batches wait for each other instead of deadlocking (NO KEY: the telemetry rows' foreign
         # key share-locks the same devices, and this lock leaves that alone).
         connection.exec_driver_sql(_PG_LOCK_DEVICES, (sorted(newest),))
-        connection.exec_driver_sql(_PG_LAST_TELEMETRY, (now, now, _batch_json(newest.items())))
+        connection.exec_driver_sql(_PG_LAST_TELEMETRY, (now, now, _batch_json(newest.items(), wire)))
         return
     known = dict(
         session.execute(
@@ -775,8 +781,10 @@ def record_telemetry(session: Session, *, items: list[tuple[int, Telemetry]]) ->
     for device_id, message in items:
         unique.setdefault(message.msg_id, (device_id, message))
     fresh_items = list(unique.values())
+    wire = None
     if session.get_bind().dialect.name == "postgresql":
-        inserted = _insert_telemetry_postgresql(session, fresh_items, now)
+        wire = {message.msg_id: message.model_dump_json() for _, message in fresh_items}
+        inserted = _insert_telemetry_postgresql(session, fresh_items, now, wire)
     else:
         inserted = _insert_telemetry_generic(session, fresh_items, now)
     newest: dict[int, Telemetry] = {}
@@ -784,7 +792,7 @@ def record_telemetry(session: Session, *, items: list[tuple[int, Telemetry]]) ->
         if message.msg_id in inserted and (device_id not in newest or message.seq > newest[device_id].seq):
             newest[device_id] = message
     if newest:
-        _record_last_telemetry(session, newest, now)
+        _record_last_telemetry(session, newest, now, wire)
     return len(inserted)
 
 
