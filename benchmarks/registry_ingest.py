@@ -6,7 +6,7 @@ publish edgewire Telemetry at QoS 1 on their own topics. "Ingested" means
 committed to the database; the rate is messages over the time from the first
 publish (live) or from the replicas' start on a waiting backlog (drain) to the
 last commit. Runs once on SQLite, then on PostgreSQL (a throw-away server) when
-its binaries are present: live with one and two lanes and two replicas, and
+its binaries are present: live with one and two lanes and two replicas (one and two lanes each), and
 draining a backlog with one and two replicas.
 
 Writes benchmarks/results/registry_ingest.{json,md,png}.
@@ -279,7 +279,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
     rate.bar_label(bars, fmt="%.0f", fontsize=8)
     rate.axhline(10_000, color="#c33", linestyle="--", label="goal: 10,000 / s")
     rate.set_ylabel("messages committed / s")
-    rate.legend(fontsize=8)
+    rate.set_ylim(0, max(10_000, *(r["ingested_per_s"] for r in rows)) * 1.15)
+    rate.legend(fontsize=8, loc="upper left")
     bottom = [0.0] * len(rows)
     for key, name, color in (
         ("registry_cpu_s_per_10k", "registry", "#37a"),
@@ -291,7 +292,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     cpu.axhline(2.0, color="#c33", linestyle="--", label="2 CPUs at 10,000 / s")
     cpu.set_ylabel("CPU s per 10,000 messages")
-    cpu.legend(fontsize=8)
+    cpu.set_ylim(0, max(2.0, *bottom) * 1.3)  # room for the legend above the bars
+    cpu.legend(fontsize=8, ncol=2, loc="upper left")
     for ax in (rate, cpu):
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
@@ -318,13 +320,15 @@ def main() -> None:
             server = Postgres().start()
             try:
                 # live: one lane (the registry before ingest_writers), two lanes (the default on
-                # PostgreSQL), two replicas of two lanes on one shared subscription; then the same
-                # replicas draining a backlog the publishers sent first
+                # PostgreSQL), two replicas on one shared subscription with one lane and with two
+                # each; then the same replicas draining a backlog the publishers sent first
                 for replicas, writers, drain in (
                     (1, 1, False),
                     (1, 2, False),
+                    (2, 1, False),
                     (2, 2, False),
                     (1, 2, True),
+                    (2, 1, True),
                     (2, 2, True),
                 ):
                     rows.append(
