@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # System packages the tests need (installed with apt-get when missing): the MQTT broker the agent
-# and registry tests start on a free port, PostgreSQL for the registry, Chromium for the dashboard.
-APT_PACKAGES := mosquitto postgresql chromium
+# and registry tests start on a free port, PostgreSQL for the registry, Chromium for the dashboard,
+# Prometheus (with promtool) and Alertmanager (with amtool) for the metrics, alert-rule and config tests.
+APT_PACKAGES := mosquitto postgresql chromium prometheus prometheus-alertmanager
 
 .PHONY: install system-deps demo test lint format bench clean
 

@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     retrain_interval_s: float = Field(
         default=5.0, gt=0, description="How often triggers are evaluated and jobs claimed and collected."
     )
+    # Observability: Prometheus metrics (GET /metrics, read-only token) and webhooks.
+    metrics_per_device: bool = Field(
+        default=False,
+        description="Also export per-device series on /metrics (one series per device: off for large fleets).",
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="http(s) URLs that receive the registry's events as signed JSON."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key that signs each webhook body (keep it secret)."
+    )
     jobs_runner: Literal["local", "ray"] = Field(default="local", description="Local processes, or Ray.")
     jobs_max_workers: int = Field(default=1, ge=1, le=1024, description="Jobs run at once by this replica.")
     jobs_dir: Path | None = Field(
