@@ -261,6 +261,7 @@ class IngestWriter:
         ]
         self.ack = ack
         self.stats = IngestStats()  # one live object for every lane, counted under the lock
+        self.last_commit = time.time()  # when a batch was last stored: the commit lag while messages wait
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -289,6 +290,14 @@ class IngestWriter:
 
     def idle(self) -> bool:
         return all(lane.unfinished_tasks == 0 for lane in self.queues)
+
+    def depth(self) -> int:
+        """Messages received and not yet written (queued, or in a batch being written)."""
+        return sum(lane.unfinished_tasks for lane in self.queues)
+
+    def commit_lag(self, now: float) -> float:
+        """Seconds since the last commit while messages wait; 0 when none wait."""
+        return max(0.0, now - self.last_commit) if self.depth() else 0.0
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -373,6 +382,7 @@ class IngestWriter:
                 delay = min(delay * 2, 30)
                 continue
             self._count(stored=attempt.stored, duplicates=attempt.duplicates, dropped=attempt.dropped)
+            self.last_commit = time.time()
             return True
 
     def _split(self, messages: list[Presence | Telemetry | UpdateStatus], exc: Exception) -> bool:

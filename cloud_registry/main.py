@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cloud_registry.api.main import api_router
-from cloud_registry.api.routes import device_api, ui
+from cloud_registry.api.routes import device_api, metrics, ui
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Conflict, Invalid, NotFound, Refused
 from cloud_registry.service import Registry
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.registry = registry
     app.include_router(api_router, prefix="/api/v1")
     app.include_router(device_api.router)
+    app.include_router(metrics.router)
     app.include_router(ui.router, prefix="/ui", include_in_schema=False)
 
     for error, status_code in ERROR_STATUS.items():

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         default=False,
         description="Also export per-device series on /metrics (one series per device: off for large fleets).",
     )
+    metrics_rollout_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        le=366 * 86400,
+        description="A finished rollout stays on /metrics this long (a halted one keeps its alert firing).",
+    )
     webhook_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="http(s) URLs that receive the registry's events as signed JSON."
     )
