@@ -195,6 +195,9 @@ class RegistryCollector:
                     version = "" if row.current_version is None else str(row.current_version)
                     by["version"][(row.model_name, version)] += row.n
             failures += int(row.failed or 0)
+        for group, _ in list(by["group"]):
+            for key in ("online", "offline"):  # both, so a group's offline share is a ratio of two series
+                by["group"].setdefault((group, key), 0)
         for key in ("online", "offline", "revoked"):
             by["presence"].setdefault((key,), 0)
         for key in ("ok", "degraded", "offline", "unknown", "revoked"):
