@@ -425,6 +425,15 @@ def update_device(session: Session, *, name: str, body: schemas.DeviceUpdate) ->
 
 def revoke_device(session: Session, *, name: str) -> tuple[m.Device, list[Publication]]:
     device = get_device(session, name=name)
+    if device.revoked_at is None:
+        from cloud_registry import webhooks
+
+        webhooks.enqueue(
+            session,
+            event="device.revoked",
+            text=f"Device {device.name} ({device.target}, group {device.group or '-'}) was revoked",
+            data={"device": device.name, "target": device.target, "group": device.group},
+        )
     device.revoked_at = device.revoked_at or time.time()
     device.desired = None
     return device, [Publication(device.fleet, device.name, None)]

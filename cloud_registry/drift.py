@@ -120,9 +120,65 @@ def score_fleet(session: Session, *, window_s: float, interval_s: float, now: fl
                 "summary": current.model_dump(mode="json"),
             }
         )
-    return insert_ignoring_conflicts(
+    inserted = insert_ignoring_conflicts(
         session, m.DriftScore, records, ["model_id", "model_version", "device_group", "bucket"]
     )
+    if inserted == len(records):  # another replica that scored this tick first has told the webhooks
+        _announce_crossings(session, records, bucket)
+    return inserted
+
+
+def _announce_crossings(session: Session, records: list[dict[str, Any]], bucket: int) -> None:
+    """A webhook event for each (version, group) whose score just went above its policy's drift threshold
+    (the score before was at or below it, or there was none): one event per crossing, not per tick."""
+    from cloud_registry import webhooks
+    from cloud_registry.retraining import get_policy
+
+    policies: dict[int, rs.RetrainingPolicy | None] = {}
+    for record in records:
+        model_id = record["model_id"]
+        if model_id not in policies:
+            row = get_policy(session, model_id=model_id)
+            policies[model_id] = rs.RetrainingPolicy.model_validate(row.policy) if row else None
+        policy = policies[model_id]
+        trigger = policy.triggers.drift if policy is not None else None
+        if trigger is None or (policy.groups and record["device_group"] not in policy.groups):
+            continue
+        current = m.DriftScore(**{k: v for k, v in record.items() if k != "summary"})
+        if trigger_value(current, trigger) <= trigger.threshold:
+            continue
+        previous = session.scalar(
+            select(m.DriftScore)
+            .where(
+                m.DriftScore.model_id == model_id,
+                m.DriftScore.model_version == record["model_version"],
+                m.DriftScore.device_group == record["device_group"],
+                m.DriftScore.bucket < bucket,
+            )
+            .order_by(m.DriftScore.bucket.desc())
+            .limit(1)
+        )
+        if previous is not None and trigger_value(previous, trigger) > trigger.threshold:
+            continue  # still above: announced when it crossed
+        name = session.scalar(select(m.Model.name).where(m.Model.id == model_id))
+        value = trigger_value(current, trigger)
+        group = record["device_group"]
+        webhooks.enqueue(
+            session,
+            event="drift.above_policy",
+            text=f"Drift of {name} v{record['model_version']} in group '{group}' is {value:.3g}, "
+            f"above its policy's {trigger.threshold:g} ({trigger.metric})",
+            data={
+                "model": name,
+                "version": record["model_version"],
+                "group": group,
+                "metric": trigger.metric,
+                "value": value,
+                "threshold": trigger.threshold,
+                "devices": record["devices"],
+                "samples": record["samples"],
+            },
+        )
 
 
 def history(

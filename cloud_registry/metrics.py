@@ -323,11 +323,12 @@ class RegistryCollector:
         yield family
 
         # Webhook deliveries.
-        if deliveries is not None:
-            family = gauge("webhook_deliveries", "Webhook deliveries by state.", ["state"])
-            for state, count in sorted(deliveries.items()):
-                family.add_metric([state], count)
-            yield family
+        family = gauge(
+            "webhook_deliveries", "Webhook deliveries by state (kept 7 days once delivered).", ["state"]
+        )
+        for state, count in sorted(deliveries.items()):
+            family.add_metric([state], count)
+        yield family
 
         if settings.metrics_per_device:
             online = gauge("device_online", "1 while the device is online (metrics_per_device).", ["device"])
@@ -341,12 +342,9 @@ class RegistryCollector:
             yield from (online, p95)
 
 
-def _webhook_counts(session: Session) -> dict[str, int] | None:
-    """Webhook deliveries by state, once the registry has webhooks (cloud_registry.webhooks)."""
-    try:
-        from cloud_registry.webhooks import delivery_counts
-    except ImportError:
-        return None
+def _webhook_counts(session: Session) -> dict[str, int]:
+    from cloud_registry.webhooks import delivery_counts
+
     return delivery_counts(session)
 
 

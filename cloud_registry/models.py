@@ -468,3 +468,23 @@ class RetrainingJob(Base):
     )
     snapshot: Mapped[DatasetSnapshot | None] = relationship()
     model: Mapped[Model] = relationship()
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook URL: a durable outbox row, written in the transaction of the change it
+    reports, sent in order per URL by cloud_registry.webhooks.Deliverer, retried with backoff."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_url_state", "url", "state", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(32), doc="The same for every URL the event goes to.")
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column()
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    lease_until: Mapped[float | None] = mapped_column(Float, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float, default=None)

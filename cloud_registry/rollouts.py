@@ -32,7 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from cloud_registry import crud, gates, schemas
 from cloud_registry import models as m
@@ -506,12 +506,38 @@ def _revert(
     return publications
 
 
+FINISH_EVENTS = {
+    "halted": "rollout.halted",
+    "completed": "rollout.completed",
+    "rolled_back": "rollout.rolled_back",
+}
+
+
 def _finish(rollout: m.Rollout, state: str, reason: str) -> None:
     now = time.time()
     rollout.state, rollout.reason, rollout.finished_at, rollout.updated_at = state, reason, now, now
     for wave in rollout.wave_rows:
         if wave.state == "running":
             wave.state = "halted" if state in ("halted", "rolled_back") else state
+    event = FINISH_EVENTS.get(state)
+    session = object_session(rollout)
+    if event is not None and session is not None:
+        from cloud_registry import webhooks
+
+        version = rollout.version
+        webhooks.enqueue(
+            session,
+            event=event,
+            text=f"Rollout {rollout.id} of {version.model.name} v{version.version} {state.replace('_', ' ')}: {reason}",
+            data={
+                "rollout": rollout.id,
+                "model": version.model.name,
+                "version": version.version,
+                "state": state,
+                "reason": reason,
+                "wave": rollout.current_wave,
+            },
+        )
 
 
 # --------------------------------------------------------------------------- operator actions

@@ -385,3 +385,22 @@ class RolloutInfo(BaseModel):
         "as of the reconciler's last tick; None when the rollout is not running.",
     )
     decisions: list[DecisionInfo]
+
+
+WebhookState = Literal["pending", "delivered", "failed"]
+
+
+class WebhookDeliveryInfo(BaseModel):
+    """One event for one webhook receiver (its host only: a Slack webhook URL's path is its secret)."""
+
+    id: int
+    event_id: str
+    event: str
+    host: str
+    state: WebhookState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+    text: str

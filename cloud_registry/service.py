@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cloud_registry import crud, db, mosquitto
+from cloud_registry import crud, db, mosquitto, webhooks
 from cloud_registry.core.config import Settings
 from cloud_registry.core.files import private_dir
 from cloud_registry.crud import Publication
@@ -60,6 +60,7 @@ class Registry:
         private_dir(settings.data_dir)  # 0700: the database, the command key, artifacts, job folders
         self.engine = db.make_engine(settings.sqlalchemy_url)
         self.factory = db.session_factory(self.engine)
+        webhooks.configure(self.factory, settings.webhook_urls)  # events are queued for these URLs
         self.store: ArtifactStore = make_store(settings)
         self.trusted_keys: dict[str, Ed25519PublicKey] = {}
         for path in settings.trusted_keys:
@@ -88,6 +89,17 @@ class Registry:
         self._thread: threading.Thread | None = None
         self._retrain_thread: threading.Thread | None = None
         self._files_lock = threading.Lock()
+        self.webhooks: webhooks.Deliverer | None = None
+        if settings.webhook_urls and settings.webhook_secret is not None:
+            self.webhooks = webhooks.Deliverer(
+                self.factory,
+                urls=settings.webhook_urls,
+                secret=settings.webhook_secret.get_secret_value().encode(),
+                timeout_s=settings.webhook_timeout_s,
+                max_attempts=settings.webhook_max_attempts,
+                backoff_s=settings.webhook_backoff_s,
+                backoff_max_s=settings.webhook_backoff_max_s,
+            )
 
     # lifecycle
 
@@ -115,6 +127,8 @@ class Registry:
         self.jobs.start()
         self._retrain_thread = threading.Thread(target=self._retrain_loop, name="retraining", daemon=True)
         self._retrain_thread.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,6 +141,8 @@ class Registry:
             self.link.stop()
         if self.ingest is not None:
             self.ingest.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.engine.dispose()
 
     def _reconcile_loop(self) -> None:

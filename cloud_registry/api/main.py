@@ -12,6 +12,7 @@ from cloud_registry.api.routes import (
     rollouts,
     samples,
     tokens,
+    webhooks,
 )
 
 api_router = APIRouter()
@@ -24,3 +25,4 @@ api_router.include_router(samples.router)
 api_router.include_router(policies.router)
 api_router.include_router(jobs.router)
 api_router.include_router(drift.router)
+api_router.include_router(webhooks.router)

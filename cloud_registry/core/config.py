@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key that signs each webhook body (keep it secret)."
     )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="One delivery attempt's limit.")
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100, description="Attempts before giving up.")
+    webhook_backoff_s: float = Field(default=1.0, gt=0, le=3600, description="Wait after the first failure.")
+    webhook_backoff_max_s: float = Field(default=300.0, gt=0, le=86400, description="Longest wait.")
     jobs_runner: Literal["local", "ray"] = Field(default="local", description="Local processes, or Ray.")
     jobs_max_workers: int = Field(default=1, ge=1, le=1024, description="Jobs run at once by this replica.")
     jobs_dir: Path | None = Field(
@@ -192,6 +196,34 @@ class Settings(BaseSettings):
             from cloud_registry.mosquitto import layout
 
             layout(self)  # ValueError when these settings cannot make the broker's config
+        return self
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        if isinstance(value, str):  # EDGECTL_REGISTRY_WEBHOOK_URLS=https://a,https://b (or a JSON list)
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks(self) -> Settings:
+        from urllib.parse import urlsplit
+
+        for url in self.webhook_urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
+                raise ValueError(
+                    f"webhook_urls: {url[:80]!r} is not an http(s) URL (e.g. https://hooks.slack.com/services/...)"
+                )
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError(
+                "webhook_urls needs webhook_secret: every delivery is signed with it (HMAC-SHA256)"
+            )
         return self
 
     @field_validator("edgectl_command", mode="before")

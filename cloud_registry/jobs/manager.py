@@ -492,6 +492,7 @@ class JobManager:
             if outcome is not None:
                 job.outcome = outcome
             self._keep_log(job)
+            _job_event(session, job)
         log.warning("job %d failed: %s", job_id, reason)
 
     def _keep_log(self, job: m.RetrainingJob) -> None:
@@ -539,9 +540,11 @@ class JobManager:
                 job.reason = reason
                 if not accepted:
                     job.state, job.phase = "rejected", "rejected"
+                    _job_event(session, job)
                     log.info("job %d: %s", job.id, reason)
                     return
                 job.state, job.phase = "succeeded", "done"
+                _job_event(session, job)
                 if policy.rollout.enabled:
                     publications = self._roll_out(session, job, policy)
                 log.info("job %d: %s", job.id, job.reason)
@@ -694,3 +697,23 @@ def cancel_job(session: Session, *, job_id: int, actor: str) -> m.RetrainingJob:
     job.state, job.finished_at, job.lease_until = "cancelled", time.time(), None
     job.reason = f"cancelled by {actor}"
     return job
+
+
+def _job_event(session: Session, job: m.RetrainingJob) -> None:
+    """The job's outcome as a webhook event (succeeded, rejected or failed), in the same transaction."""
+    from cloud_registry import webhooks
+
+    webhooks.enqueue(
+        session,
+        event=f"job.{job.state}",
+        text=f"Retraining job {job.id} of {job.model.name} {job.state}: {(job.reason or '')[:500]}",
+        data={
+            "job": job.id,
+            "model": job.model.name,
+            "state": job.state,
+            "phase": job.phase,
+            "parent_version": job.parent_version,
+            "new_version": job.new_version,
+            "reason": (job.reason or "")[:2000],
+        },
+    )

@@ -51,7 +51,7 @@ def test_every_alert_has_a_unit_test():
         if case["exp_alerts"]
     }
     assert rules == tested
-    assert len(rules) >= 8
+    assert len(rules) >= 9
 
 
 def test_prometheus_config_checks(tmp_path):
