@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright): sign-in, fleet,
-model (with drift history and retraining jobs), job, rollout and device pages with their server-drawn SVG
-charts, and no request leaving the registry.
+model (with drift history and retraining jobs), job, rollout and device pages with their SVG charts drawn
+by pygal on the server, and no request leaving the registry.
 Screenshots go to build/test-artifacts/dashboard/ (or $EDGECTL_TEST_ARTIFACTS/dashboard/)."""
 
 from __future__ import annotations
@@ -228,12 +228,15 @@ def test_dashboard_pages_in_headless_chromium(live, signing, tmp_path):
             page.wait_for_url(f"{live.url}/ui/models/digits")
             versions = page.inner_text("#versions")
             assert "top1" in versions and "0.96" in versions and "production" in versions
-            assert page.locator("svg.chart rect").count() >= 8  # 4 artifacts x 2 charts
+            assert (
+                page.locator("svg.chart g.series rect.rect").count() == 8
+            )  # pygal's bars: 4 artifacts x 2 charts
             drift = page.inner_text("#drift")
             assert "v1 lab" in drift and "v2 lab" in drift  # per version and device group
             charts = page.locator("#drift-charts svg.chart")
-            assert charts.count() == 2 and charts.nth(0).locator("polyline").count() == 3  # score, PSI x2
-            assert charts.nth(0).locator("line[stroke-dasharray]").count() == 1  # the policy's threshold
+            # pygal's series: score and two PSI lines, and the policy's threshold as a dashed line.
+            assert charts.count() == 2 and charts.nth(0).locator("g.series path.line").count() == 4
+            assert charts.nth(0).locator("g.legend text", has_text="threshold").count() == 1
             assert "revision 1" in page.inner_text("#policy")
             jobs = page.inner_text("#jobs")
             assert "rejected" in jobs and "succeeded" in jobs and "91 → 62.5" in jobs
@@ -253,13 +256,15 @@ def test_dashboard_pages_in_headless_chromium(live, signing, tmp_path):
             )
             charts = page.locator("svg.chart")
             assert charts.count() == 4
-            assert charts.nth(2).locator("polyline").count() == 1  # p95 regression over time...
-            assert charts.nth(2).locator("line[stroke-dasharray]").count() == 1  # ...against its threshold
+            # p95 regression over time against its threshold: two series, one of them the threshold.
+            assert charts.nth(2).locator("g.series path.line").count() == 2
+            assert charts.nth(2).locator("g.legend text", has_text="threshold").count() == 1
             page.screenshot(path=str(out / "rollout.png"), full_page=True)
 
             page.click("#rollout-devices a >> nth=0")
             page.wait_for_url(f"{live.url}/ui/devices/*")
-            assert page.locator("svg.chart polyline").count() >= 4
+            assert page.locator("svg.chart g.series path.line").count() >= 4
+            assert page.locator("script").count() == 0  # pygal's charts, without its script
             page.screenshot(path=str(out / "device.png"), full_page=True)
 
             page.goto(f"{live.url}/ui/devices/cam-3")

@@ -1,4 +1,4 @@
-"""The dashboard at /ui: server-rendered pages (Jinja2) with SVG charts drawn here; no JavaScript.
+"""The dashboard at /ui: server-rendered pages (Jinja2) with SVG charts drawn by pygal (charts.py); no JavaScript.
 
 Signing in stores an API token (any role) in an HttpOnly, SameSite=Strict cookie;
 every page needs it.
@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from cloud_registry import crud, rollouts, schemas, svg
+from cloud_registry import charts, crud, rollouts, schemas
 from cloud_registry import models as m
 from cloud_registry.api.deps import UI_COOKIE, RegistryDep, SessionDep
 
@@ -87,8 +87,8 @@ def fleet(request: Request, session: SessionDep, registry: RegistryDep) -> Respo
         online=sum(d.online for d in devices),
         models=crud.list_models(session),
         rollouts=[rollouts.rollout_info(session, r, decisions=1) for r in recent],
-        version_chart=svg.bar_chart("Devices per model version", sorted(versions.items())),
-        health_chart=svg.bar_chart("Devices per health", sorted(health.items())),
+        version_chart=charts.bar_chart("Devices per model version", sorted(versions.items())),
+        health_chart=charts.bar_chart("Devices per health", sorted(health.items())),
     )
 
 
@@ -113,8 +113,10 @@ def model_page(
         model=model,
         versions=versions,
         aliases=crud.alias_map(model),
-        metric_chart=svg.bar_chart("Validation metric per version and target", metric_bars),
-        latency_chart=svg.bar_chart("Benchmark p95 latency per version and target", latency_bars, unit=" ms"),
+        metric_chart=charts.bar_chart("Validation metric per version and target", metric_bars),
+        latency_chart=charts.bar_chart(
+            "Benchmark p95 latency per version and target", latency_bars, unit=" ms"
+        ),
         **retraining_context(session, model),
     )
 
@@ -141,7 +143,7 @@ def retraining_context(session, model: m.Model) -> dict:  # type: ignore[no-unty
         }
         thresholds = {"score": trigger.threshold} if trigger and trigger.metric == "score" else {}
         drift_charts.append(
-            svg.line_chart(f"Drift of {name} against its build reference", lines, thresholds=thresholds)
+            charts.line_chart(f"Drift of {name} against its build reference", lines, thresholds=thresholds)
         )
         drift_rows.append({"series": name, "latest": drift.point(rows[-1]), "points": len(rows)})
     jobs = [job_info(job) for job in list_jobs(session, model=model.name, limit=50)]
@@ -176,7 +178,7 @@ def rollout_page(
         .order_by(m.GateEvaluation.at)
     ).all()
     policy = info.policy
-    charts = []
+    figures = []
     for gate, threshold in (
         ("failure_rate", policy.max_failure_rate),
         ("error_rate_increase", policy.max_error_rate_increase),
@@ -184,7 +186,9 @@ def rollout_page(
         ("confidence_psi", policy.max_confidence_psi),
     ):
         points = [(e.at, e.values[gate]) for e in evaluations if e.values.get(gate) is not None]
-        charts.append(svg.line_chart(gate.replace("_", " "), {gate: points}, thresholds={gate: threshold}))
+        figures.append(
+            charts.line_chart(gate.replace("_", " "), {gate: points}, thresholds={gate: threshold})
+        )
     entries = [
         {
             "device": e.device.name,
@@ -195,7 +199,7 @@ def rollout_page(
         }
         for e in rollout.devices
     ]
-    return _page(request, session, "rollout.html", rollout=info, charts=charts, entries=entries)
+    return _page(request, session, "rollout.html", rollout=info, charts=figures, entries=entries)
 
 
 @router.get("/devices/{name}", response_class=HTMLResponse)
@@ -211,17 +215,17 @@ def device_page(
     def series(attr: str) -> list[tuple[float, float]]:
         return [(p.received_at, getattr(p, attr)) for p in points if getattr(p, attr) is not None]
 
-    charts = [
-        svg.line_chart(
+    figures = [
+        charts.line_chart(
             "Latency (ms)", {"p50": series("latency_ms_p50"), "p95": series("latency_ms_p95")}, y_label="ms"
         ),
-        svg.line_chart(
+        charts.line_chart(
             "Inferences and errors per interval", {"inferences": series("count"), "errors": series("errors")}
         ),
-        svg.line_chart(
+        charts.line_chart(
             "System", {"cpu %": series("cpu_percent"), "memory %": series("memory_percent")}, y_label="%"
         ),
-        svg.line_chart("Model version", {"version": series("model_version")}),
+        charts.line_chart("Model version", {"version": series("model_version")}),
     ]
     history = session.scalars(
         select(m.DesiredRecord)
@@ -234,6 +238,6 @@ def device_page(
         session,
         "device.html",
         device=crud.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s),
-        charts=charts,
+        charts=figures,
         history=history,
     )
