@@ -153,3 +153,49 @@ def test_the_grafana_dashboard_holds_together():
         assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
     for path in (DEPLOY / "grafana" / "provisioning").rglob("*.yml"):
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
+
+
+def _unknown_keys(written, decoded, path: str = "") -> list[str]:
+    """Keys of `written` that the decoded model does not carry back (not in Grafana's schema)."""
+    if isinstance(written, dict):
+        return [
+            problem
+            for key, value in written.items()
+            for problem in (
+                [f"{path}/{key}"]
+                if key not in decoded
+                else _unknown_keys(value, decoded[key], f"{path}/{key}")
+            )
+        ]
+    if isinstance(written, list):
+        return [
+            p
+            for i, (a, b) in enumerate(zip(written, decoded, strict=True))
+            for p in _unknown_keys(a, b, f"{path}[{i}]")
+        ]
+    return [] if written == decoded else [f"{path}: {written!r} read back as {decoded!r}"]
+
+
+def _round_trip(dashboard: dict) -> dict:
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    plugins.register_default_plugins()  # panel and query types (prometheus dataqueries among them)
+    return json.loads(json.dumps(Dashboard.from_json(dashboard), default=lambda o: o.to_json()))
+
+
+def test_the_dashboard_matches_grafanas_schema():
+    """Read with Grafana's Foundation SDK (models generated from Grafana 11.6's dashboard schema): every
+    key and value the file holds comes back, so none is misspelt or out of the schema."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert _unknown_keys(dashboard, _round_trip(dashboard)) == []
+
+
+def test_a_misspelt_dashboard_key_is_caught():
+    dashboard = json.loads(DASHBOARD.read_text())
+    dashboard["panels"][1]["gridPoss"] = dashboard["panels"][1].pop("gridPos")
+    dashboard["panels"][1]["targets"][0]["exprr"] = dashboard["panels"][1]["targets"][0].pop("expr")
+    assert sorted(_unknown_keys(dashboard, _round_trip(dashboard))) == [
+        "/panels[1]/gridPoss",
+        "/panels[1]/targets[0]/exprr",
+    ]
