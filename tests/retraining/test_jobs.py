@@ -146,6 +146,39 @@ def test_a_failing_entry_point_fails_the_job_with_its_error_line(digits_registry
     assert client.get(f"/api/v1/models/{MODEL}/versions/2", headers=ADMIN).status_code == 404
 
 
+def test_a_failed_job_is_a_webhook_event(tmp_path, digits_v1):
+    """The job's end reaches a real receiver on loopback as a signed `job.failed` event."""
+    from fastapi.testclient import TestClient
+
+    from cloud_registry.main import create_app
+    from tests.cloud_registry.test_webhooks import SECRET, Receiver
+
+    receiver = Receiver().start()
+    settings = retraining_settings(
+        tmp_path / "registry",
+        digits_v1.public_key,
+        digits_v1.signing_key,
+        webhook_urls=[receiver.url],
+        webhook_secret=SECRET,
+    )
+    failing = command_policy("copy")
+    failing["entry_point"]["command"] = [sys.executable, "-c", "import sys; sys.exit('error: no GPU')"]
+    try:
+        with TestClient(create_app(settings)) as client:
+            prepare(client, digits_v1, failing)
+            queued = client.post(f"/api/v1/models/{MODEL}/retrain", json={}, headers=ADMIN).json()
+            job = run_jobs(client.app.state.registry, client, queued["id"])
+            assert job["state"] == "failed"
+            wait_for(lambda: receiver.bodies, "the job's webhook")
+    finally:
+        receiver.stop()
+    assert receiver.bad_signatures == 0 and receiver.events() == ["job.failed"]
+    event = receiver.bodies[0]
+    assert event["data"]["job"] == job["id"] and event["data"]["model"] == MODEL
+    assert event["text"].startswith(f"Retraining job {job['id']} of {MODEL} failed:")
+    assert "no GPU" in event["data"]["reason"]
+
+
 def test_a_job_without_its_parents_weights_cannot_start(tmp_path, digits_v1):
     from fastapi.testclient import TestClient
 
