@@ -93,7 +93,7 @@ def _rollouts(session: Session, *, since: float) -> list[Any]:
     r = m.Rollout
     shown = or_(r.state.in_(schemas.ACTIVE_ROLLOUT_STATES), r.finished_at >= since)
     query = (
-        select(r.id, r.state, r.current_wave, r.reason, m.Model.name, m.ModelVersion.version)
+        select(r.id, r.state, r.current_wave, r.reason, r.finished_at, m.Model.name, m.ModelVersion.version)
         .join(m.ModelVersion, m.ModelVersion.id == r.version_id)
         .join(m.Model, m.Model.id == m.ModelVersion.model_id)
         .where(shown)
@@ -240,6 +240,11 @@ class RegistryCollector:
         halted = gauge(
             "rollout_halted", "1 for each halted rollout, with why in a word.", ["rollout", "reason"]
         )
+        finished = gauge(
+            "rollout_finished_timestamp_seconds",
+            "When a finished rollout ended (Unix seconds), so an alert can stop firing after a while.",
+            ["rollout"],
+        )
         by_state: dict[str, int] = dict.fromkeys(
             ("running", "paused", "completed", "halted", "aborted", "rolled_back"), 0
         )
@@ -250,6 +255,8 @@ class RegistryCollector:
             by_state[row.state] = by_state.get(row.state, 0) + 1
             if row.state == "halted":
                 halted.add_metric([rid, halt_reason(row.reason)], 1)
+            if row.finished_at is not None:
+                finished.add_metric([rid], row.finished_at)
         touched_family = gauge(
             "rollout_devices", "Devices a rollout chose, by their state in it.", ["rollout", "outcome"]
         )
@@ -258,7 +265,7 @@ class RegistryCollector:
         states = gauge("rollouts", "Rollouts active or finished lately, by state.", ["state"])
         for state, count in sorted(by_state.items()):
             states.add_metric([state], count)
-        yield from (info, wave, halted, touched_family, states)
+        yield from (info, wave, halted, finished, touched_family, states)
 
         # Ingest: this replica's writer since it started.
         ingest = self.registry.ingest
