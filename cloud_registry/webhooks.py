@@ -110,6 +110,19 @@ def deliveries(session: Session, *, state: str | None = None, limit: int = 100) 
     return list(session.scalars(query))
 
 
+def retry(session: Session, *, delivery_id: int) -> m.WebhookDelivery:
+    """Send a delivery that gave up again from its first attempt (it goes before the URL's later events)."""
+    from cloud_registry.crud import Conflict, NotFound
+
+    row = session.get(m.WebhookDelivery, delivery_id)
+    if row is None:
+        raise NotFound(f"no webhook delivery {delivery_id}")
+    if row.state != "failed":
+        raise Conflict(f"webhook delivery {delivery_id} is {row.state}; only a failed one is retried")
+    row.state, row.attempts, row.next_attempt_at, row.lease_until = "pending", 0, time.time(), None
+    return row
+
+
 class Deliverer:
     """One thread per URL sending its pending deliveries in order."""
 

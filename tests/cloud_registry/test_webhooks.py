@@ -202,6 +202,20 @@ def test_gives_up_after_the_last_attempt_and_goes_on(tmp_path, signing, receiver
         wait_for(lambda: receiver.events() == ["device.revoked"], "the next event delivered")
         assert receiver.bodies[0]["data"]["device"] == "b-2"
 
+        # Sent again by hand once the receiver is fixed; only a failed delivery can be.
+        reader = api.token("read-only")
+        assert (
+            client.post(f"/api/v1/webhooks/deliveries/{failed['id']}/retry", headers=reader).status_code
+            == 403
+        )
+        retried = client.post(f"/api/v1/webhooks/deliveries/{failed['id']}/retry", headers=api.admin())
+        assert retried.status_code == 200 and retried.json()["state"] == "pending", retried.text
+        wait_for(lambda: len(receiver.bodies) == 2, "the retried delivery")
+        assert receiver.bodies[1]["data"]["device"] == "b-1"
+        again = client.post(f"/api/v1/webhooks/deliveries/{failed['id']}/retry", headers=api.admin())
+        assert again.status_code == 409 and "only a failed one" in again.json()["detail"]
+        assert client.post("/api/v1/webhooks/deliveries/999/retry", headers=api.admin()).status_code == 404
+
 
 def test_rollout_events_from_the_reconciler(tmp_path, signing, receiver):
     app = hooked(tmp_path, signing, [receiver.url])
