@@ -135,9 +135,9 @@ def run(
     from cloud_registry import models as m
     from cloud_registry import rollouts as engine
     from cloud_registry.core.config import Settings
-    from cloud_registry.schemas import RolloutCreate
     from cloud_registry.service import Registry
     from edgebundle import generate_keypair, load_private_key
+    from registry_api.schemas import RolloutCreate
     from tests.cloud_registry.helpers import make_bundle, telemetry
     from tests.services import Mosquitto
 

@@ -16,12 +16,12 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from cloud_registry import models as m
-from cloud_registry import schemas
 from cloud_registry.core.security import mosquitto_hash, new_token, token_hash
 from edgebundle.manifest import Manifest
 from edgewire.commands import RollbackOrder
 from edgewire.device_api import EnrollRequest, Paths
 from edgewire.messages import DesiredModel, Presence, Telemetry, UpdateStatus, new_message_id
+from registry_api import schemas
 
 
 class NotFound(LookupError):

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from edgebundle.manifest import DriftSummary
 from edgewire.drift import mean_shift_z, merge, psi
+from registry_api import retraining as rs
 
 NO_GROUP = ""  # devices outside any group pool together under this name
 MIN_WINDOW_SAMPLES = 50  # a (version, group) window pooling fewer inferences is not scored

@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_registry import crud
 from cloud_registry import models as m
-from cloud_registry.schemas import INT32_MAX, INT64_MAX
 from edgewire.messages import PayloadError, Presence, Telemetry, UpdateStatus, parse_payload
 from edgewire.topics import parse_topic
+from registry_api.schemas import INT32_MAX, INT64_MAX
 
 log = logging.getLogger("cloud_registry.ingest")
 

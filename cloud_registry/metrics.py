@@ -28,7 +28,7 @@ from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from cloud_registry import models as m
-from cloud_registry import schemas
+from registry_api import schemas
 
 if TYPE_CHECKING:  # pragma: no cover
     from cloud_registry.service import Registry
@@ -117,7 +117,7 @@ def _rollout_devices(session: Session, rollout_ids: list[int]) -> list[Any]:
 def _drift(session: Session, *, since: float) -> tuple[list[m.DriftScore], dict[int, tuple[str, Any]]]:
     """The newest drift score of each (model, version, group) scored since `since`, and each model's name
     and drift trigger (None without a policy that has one)."""
-    from cloud_registry import retraining_schemas as rs
+    from registry_api import retraining as rs
 
     ds = m.DriftScore
     newest = (

@@ -392,7 +392,7 @@ class DatasetSnapshot(Base):
 
 
 class RetrainingPolicyRecord(Base):
-    """A model's retraining policy (cloud_registry.retraining_schemas.RetrainingPolicy), revised in place."""
+    """A model's retraining policy (registry_api.retraining.RetrainingPolicy), revised in place."""
 
     __tablename__ = "retraining_policies"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,6 +1,6 @@
 """Retraining policies and their triggers: when a model gets a retraining job.
 
-A policy (`retraining_schemas.RetrainingPolicy`) is stored per model with a revision. Every
+A policy (`registry_api.retraining.RetrainingPolicy`) is stored per model with a revision. Every
 `retrain_interval_s` the registry evaluates the enabled policies (`evaluate_triggers`):
 
 - drift: a version's score in one of the policy's groups has been above the threshold, tick after
@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from cloud_registry import crud, drift
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from cloud_registry.crud import Conflict, NotFound
 from cloud_registry.samples import labeled_query
+from registry_api import retraining as rs
 
 log = logging.getLogger("cloud_registry.retraining")
 OUTCOME_STATES = ("succeeded", "rejected")  # a job that trained and judged a candidate

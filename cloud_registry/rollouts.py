@@ -34,10 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
-from cloud_registry import crud, gates, schemas
+from cloud_registry import crud, gates
 from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
 from edgewire.commands import sign_rollback
+from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.rollouts")
 

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from cloud_registry import crud
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from cloud_registry.crud import Invalid, NotFound, Refused
 from cloud_registry.storage import ArtifactStore
 from edgewire.device_api import SampleUpload, SampleUploadResult, SampleUploadSettings
+from registry_api import retraining as rs
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,9 +7,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud_registry.crud import Invalid
-from cloud_registry.schemas import INT32_MAX
 from edgebundle import read_manifest, verify_bundle
 from edgebundle.manifest import Manifest
+from registry_api.schemas import INT32_MAX
 
 
 def verify_trusted(archive: Path, trusted_keys: dict[str, Ed25519PublicKey], max_bytes: int) -> Manifest:

@@ -24,7 +24,7 @@ class Result:
 
 
 def run(capsys: pytest.CaptureFixture, *args: object) -> Result:
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     capsys.readouterr()
     code = main([str(a) for a in args])

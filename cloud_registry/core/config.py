@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     edgectl_command: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="How jobs run the toolchain's CLI; empty: `edgectl` on PATH, else this Python's "
-        "`-m toolchain.cli.main`.",
+        "`-m edgectl.main`.",
     )
     ray_address: str | None = Field(
         default=None, description="Ray cluster for jobs_runner ray (host:port, ray://..., auto)."
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     @field_validator("edgectl_command", mode="before")
     @classmethod
     def _argv(cls, value: Any) -> Any:
-        if isinstance(value, str):  # EDGECTL_REGISTRY_EDGECTL_COMMAND="python -m toolchain.cli.main"
+        if isinstance(value, str):  # EDGECTL_REGISTRY_EDGECTL_COMMAND="python -m edgectl.main"
             import shlex
 
             return shlex.split(value)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from cloud_registry import gates, rollouts
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
+from registry_api import retraining as rs
 
 CANARY_HINT = (
     "check the labels of the job's dataset (edgectl retrain samples MODEL --export); rollout.canary of the "

@@ -33,9 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_registry import crud, db, drift, retraining, rollouts, samples, schemas
+from cloud_registry import crud, db, drift, retraining, rollouts, samples
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Conflict, Invalid, NotFound, Publication
 from cloud_registry.jobs import canary
@@ -45,6 +44,8 @@ from cloud_registry.jobs.verdict import decide
 from cloud_registry.storage import ArtifactStore
 from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
+from registry_api import retraining as rs
+from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.jobs")
 MAX_ATTEMPTS = 3  # a job whose attempts keep losing their registry (it crashes the host?) fails after this
@@ -77,7 +78,7 @@ def default_edgectl() -> list[str]:
     import sys
 
     found = shutil.which("edgectl")
-    return [found] if found else [sys.executable, "-m", "toolchain.cli.main"]
+    return [found] if found else [sys.executable, "-m", "edgectl.main"]
 
 
 def tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:

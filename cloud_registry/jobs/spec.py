@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_registry.retraining_schemas import EntryPoint
+from registry_api.retraining import EntryPoint
 
 SPEC_FILE, OUTCOME_FILE, STATUS_FILE, LOG_FILE = "spec.json", "outcome.json", "status.json", "job.log"
 

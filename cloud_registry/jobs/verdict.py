@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloud_registry import retraining_schemas as rs
+from registry_api import retraining as rs
 
 LABELS_HINT = (
     "check the label file (edgectl retrain samples MODEL --export shows each sample and its prediction); "

@@ -103,8 +103,8 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type:
 def enroll_devices(registry, names: list[str], created_by: str = "test") -> list[str]:  # type: ignore[no-untyped-def]
     """Enroll these device names in a registry's database directly (one token each), without HTTP."""
     from cloud_registry import crud
-    from cloud_registry.schemas import EnrollmentTokenCreate
     from edgewire.device_api import EnrollRequest
+    from registry_api.schemas import EnrollmentTokenCreate
 
     with registry.factory() as session, session.begin():
         for name in names:

@@ -133,7 +133,7 @@ def _retraining_history(live) -> None:  # type: ignore[no-untyped-def]
 
     from cloud_registry import db, retraining
     from cloud_registry import models as m
-    from cloud_registry import retraining_schemas as rs
+    from registry_api import retraining as rs
 
     registry = live.registry
     for tick in range(3):  # three scoring ticks over the same telemetry

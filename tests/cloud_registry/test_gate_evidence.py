@@ -72,7 +72,7 @@ def test_one_short_sample_does_not_judge_and_the_status_says_what_the_wave_waits
         == "wave 1: gates wait for evidence: 0 of 1 devices reported 20 inferences over 10 s on v2"
     )
 
-    from toolchain.cli.rollout import _show  # what `edgectl rollout status` prints
+    from edgectl.rollout import _show  # what `edgectl rollout status` prints
 
     capsys.readouterr()
     _show(info)
@@ -140,7 +140,7 @@ def test_without_a_baseline_there_is_nothing_to_wait_for(api, signing, tmp_path)
 
 
 def test_policies_stored_before_the_evidence_fields_get_their_defaults():
-    from cloud_registry.schemas import GatePolicy
+    from registry_api.schemas import GatePolicy
 
     policy = GatePolicy.model_validate({"bake_s": 0, "min_inferences": 5})
     assert (policy.min_device_inferences, policy.min_baked_s, policy.min_devices) == (20, 10.0, 3)

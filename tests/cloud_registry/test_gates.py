@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloud_registry import gates
-from cloud_registry.schemas import GatePolicy, RolloutCreate, exponential_waves, wave_sizes
+from registry_api.schemas import GatePolicy, RolloutCreate, exponential_waves, wave_sizes
 
 
 def test_error_type_gates_do_not_fire_at_the_threshold():

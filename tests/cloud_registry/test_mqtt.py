@@ -274,7 +274,7 @@ def test_shared_subscription_splits_the_stream_across_replicas(tmp_path, signing
         from edgewire.device_api import EnrollRequest
 
         with replicas[0].factory() as session, session.begin():
-            from cloud_registry.schemas import EnrollmentTokenCreate
+            from registry_api.schemas import EnrollmentTokenCreate
 
             _, secret = crud.create_enrollment_token(
                 session, body=EnrollmentTokenCreate(), created_by="t", default_ttl_s=60

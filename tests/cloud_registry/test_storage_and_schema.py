@@ -150,7 +150,7 @@ def test_the_cli_help_stays_light():
     import sys
 
     code = (
-        "import sys\nfrom toolchain.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom edgectl.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted({'torch', 'numpy', 'fastapi', 'sqlalchemy', 'httpx', 'paho'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

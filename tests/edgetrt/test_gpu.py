@@ -117,8 +117,8 @@ def test_qdq_int8_engine_builds_and_agrees(tiny_onnx, tmp_path):
 def test_build_on_a_gpu_ships_an_engine_valid_only_here(digits, keys, tmp_path):
     info = _device()
     from edgebundle import read_manifest
+    from edgectl.main import main
     from tests.cli import build_flags
-    from toolchain.cli.main import main
 
     flags = build_flags(keys, tmp_path, calib=digits.calib, val=digits.val, target="jetson-orin-nano")
     assert main(["build", str(digits.model), "--name", "digits", *map(str, flags)]) == 0

@@ -18,7 +18,7 @@ from tests.cli import assert_refused, build_flags, run
 @pytest.fixture(scope="module")
 def bundles(digits, keys, tmp_path_factory) -> Path:
     """One build, two targets: the android bundle (int8 + fp16 GPU + .ort) and a cpu one (onnxruntime)."""
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("bundles")
     flags = build_flags(keys, out, calib=digits.calib, val=digits.val, target="android", max_drop="0.5")
@@ -37,7 +37,7 @@ def android(bundles) -> Path:
 @pytest.fixture(scope="module")
 def exported(android, keys, tmp_path_factory) -> tuple[Path, dict]:
     """The android bundle exported once with --json: the output folder and the parsed JSON result."""
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("export") / "app"
     stdout = io.StringIO()

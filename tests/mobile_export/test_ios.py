@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bundles(digits, yolo, keys, tmp_path_factory) -> Path:
     """digits for ios and cpu (one build), the shapes detector for ios."""
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("bundles")
     flags = build_flags(keys, out, calib=digits.calib, val=digits.val, bench_runs="3")
@@ -35,7 +35,7 @@ def bundles(digits, yolo, keys, tmp_path_factory) -> Path:
 
 
 def _export_json(bundle: Path, out: Path, key: Path, *extra: str) -> dict:
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

@@ -14,7 +14,7 @@ import pytest
 from tests.cloud_registry.conftest import ADMIN_TOKEN, Api, make_settings, postgres, signing  # noqa: F401
 from tests.retraining.digits import REPO, DigitsV1, make_v1
 
-EDGECTL = [sys.executable, "-m", "toolchain.cli.main"]
+EDGECTL = [sys.executable, "-m", "edgectl.main"]
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ def _main(root: Path) -> None:
         [
             sys.executable,
             "-m",
-            "toolchain.cli.main",
+            "edgectl.main",
             "build",
             str(data.model),
             "-t",

@@ -11,9 +11,9 @@ import pytest
 
 from cloud_registry import db, drift, retraining
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from edgebundle.manifest import DriftSummary
 from edgewire.messages import InferenceStats, ModelRef, Telemetry, new_message_id
+from registry_api import retraining as rs
 from tests.cloud_registry.conftest import backend  # noqa: F401
 from tests.cloud_registry.helpers import make_bundle
 from tests.retraining.conftest import enroll_in, sample_body

@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 
 from cloud_registry import db, drift, retraining, samples
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from edgebundle.manifest import DriftSummary
 from edgewire.messages import InferenceStats, ModelRef, Telemetry, new_message_id
+from registry_api import retraining as rs
 from tests.cloud_registry.conftest import Api, postgres  # noqa: F401
 from tests.cloud_registry.helpers import make_bundle
 from tests.cloud_registry.mqtt_sim import MqttDevice, wait_for
@@ -229,7 +229,7 @@ def test_a_skewed_class_mix_is_no_drift_unless_the_policy_says_so(fleet, signing
 
 
 def test_policy_show_says_a_job_waits_for_labels(fleet, signing, tmp_path):
-    from toolchain.cli.retrain import _policy_text
+    from edgectl.retrain import _policy_text
 
     api = fleet.api
     assert api.push(make_bundle(tmp_path, signing[0], drift_reference=REFERENCE)).status_code == 201

@@ -55,7 +55,7 @@ def _weights_file(bundle: Path) -> int:
 @pytest.fixture(scope="module")
 def digits_ios(digits, keys, tmp_path_factory) -> Path:
     """The digits CNN for ios: FP16 (the profile's default), INT8 weights, 4-bit palettized weights."""
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("ios-digits")
     common = [
@@ -79,7 +79,7 @@ def digits_ios(digits, keys, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def yolo_ios(yolo, keys, tmp_path_factory) -> Path:
     """The shapes detector for ios: FP16 and INT8 weights (--calib only because the pipeline asks for it)."""
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     checkpoint, data_yaml = yolo
     out = tmp_path_factory.mktemp("ios-yolo")

@@ -15,7 +15,7 @@ from tests.cli import build_flags, run
 def built(digits, keys, tmp_path_factory):
     """INT8 and FP32 bundles of the digits model, built once through the CLI."""
     out = tmp_path_factory.mktemp("bundles")
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     common = build_flags(
         keys, out, calib=digits.calib, val=digits.val, target="cpu", max_drop="0.5", bench_runs="20"

@@ -28,7 +28,7 @@ def _flags(text_sample, keys, out) -> list:
 
 @pytest.fixture(scope="module")
 def keras_bundle(text_sample, keys, tmp_path_factory):
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("keras")
     # A model this small runs INT8 no faster than FP32 on an x86 host (0.13 against 0.03 ms measured):

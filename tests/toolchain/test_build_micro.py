@@ -41,7 +41,7 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(reference, keys, tmp_path_factory):
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("micro")
     flags = build_flags(keys, out, calib=reference.calib, val=reference.val, shape="1,1,8,8", bench_runs="5")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def jetson(digits, keys, tmp_path_factory):
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("jetson")
     flags = build_flags(keys, out, calib=digits.calib, val=digits.val, max_drop="0.5", bench_runs="5")
@@ -121,7 +121,7 @@ def test_int8_jetson_bundle_for_nano_is_refused(digits, keys, tmp_path, capsys):
 
 def test_yolo_builds_for_both_jetsons_and_int8_holds_one_map_point(yolo, keys, tmp_path_factory):
     from edgebundle import read_manifest
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     checkpoint, data_yaml = yolo
     out = tmp_path_factory.mktemp("jetson-yolo")

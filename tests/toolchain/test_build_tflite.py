@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(digits, keys, tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite")
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     common = build_flags(keys, out, calib=digits.calib, val=digits.val, max_drop="0.5", bench_runs="10")
     targets = ["--target", "rpi4", "--target", "rpi5", "--target", "android"]

@@ -41,7 +41,7 @@ def test_targets_table(capsys):
 
 def test_help_does_not_import_heavy_libraries():
     code = (
-        "import sys\nfrom toolchain.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom edgectl.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'onnx', 'onnxruntime', 'ultralytics', 'numpy'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

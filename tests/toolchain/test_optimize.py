@@ -39,7 +39,7 @@ def _optimize_flags(out: Path, train, val, *extra) -> list:
 
 @pytest.fixture(scope="module")
 def pruned_digits(digits, digits_train, tmp_path_factory):
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     out = tmp_path_factory.mktemp("pruned-digits") / "model"
     # The 0.5-point goal is the benchmark's (benchmarks/prune.py, longer fine-tuning). Here the digits
@@ -92,7 +92,7 @@ def test_digits_sidecar_describes_the_pruned_file_only(pruned_digits, digits):
 
 def test_pruned_digits_build_for_cpu_and_rpi5_at_int8(pruned_digits, digits, keys, tmp_path):
     from edgebundle import read_manifest
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     _, out = pruned_digits
     flags = build_flags(keys, tmp_path, calib=digits.calib, val=digits.val, max_drop="1", bench_runs="5")
@@ -178,7 +178,7 @@ def test_the_regularizer_pulls_the_weakest_channels_hardest():
 
 @pytest.fixture(scope="module")
 def pruned_yolo(yolo, tmp_path_factory):
-    from toolchain.cli.main import main
+    from edgectl.main import main
 
     checkpoint, data_yaml = yolo
     out = tmp_path_factory.mktemp("pruned-yolo") / "model"
@@ -285,7 +285,7 @@ def test_sparse_flags_out_of_range(flag, value, message, digits, tmp_path, capsy
 
 
 def test_the_clis_sparse_reg_default_is_the_requests():
-    from toolchain.cli.optimize import SPARSE_REG_DEFAULT
+    from edgectl.optimize import SPARSE_REG_DEFAULT
     from toolchain.optimize.request import SPARSE_REG, OptimizeRequest
 
     assert SPARSE_REG_DEFAULT == SPARSE_REG == OptimizeRequest.model_fields["sparse_reg"].default

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
-from cloud_registry import crud, schemas
+from cloud_registry import crud
 from cloud_registry.api.deps import Admin, Deployer, ReadOnly, RegistryDep, SessionDep
+from registry_api import schemas
 
 router = APIRouter(tags=["devices"])
 DeviceName = Annotated[str, PathParam(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]

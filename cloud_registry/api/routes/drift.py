@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
-from cloud_registry import crud, drift, schemas
-from cloud_registry import retraining_schemas as rs
+from cloud_registry import crud, drift
 from cloud_registry.api.deps import ReadOnly, SessionDep
+from registry_api import retraining as rs
+from registry_api import schemas
 
 router = APIRouter(tags=["retraining"])
 

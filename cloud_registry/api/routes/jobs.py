@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 
-from cloud_registry import retraining_schemas as rs
-from cloud_registry import schemas
 from cloud_registry.api.deps import Deployer, ReadOnly, SessionDep
 from cloud_registry.jobs import manager
+from registry_api import retraining as rs
+from registry_api import schemas
 
 router = APIRouter(prefix="/jobs", tags=["retraining"])
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]

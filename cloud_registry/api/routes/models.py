@@ -9,12 +9,13 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from cloud_registry import crud, schemas
+from cloud_registry import crud
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from cloud_registry.api.uploads import BINARY_BODY, received
 from cloud_registry.service import Registry
 from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
+from registry_api import schemas
 
 router = APIRouter(tags=["models"])
 ModelName = Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]

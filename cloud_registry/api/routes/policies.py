@@ -8,11 +8,12 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from cloud_registry import crud, retraining, samples, schemas
-from cloud_registry import retraining_schemas as rs
+from cloud_registry import crud, retraining, samples
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from cloud_registry.api.uploads import BINARY_BODY, received
 from cloud_registry.jobs.manager import job_info
+from registry_api import retraining as rs
+from registry_api import schemas
 
 router = APIRouter(tags=["retraining"])
 ModelName = Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]

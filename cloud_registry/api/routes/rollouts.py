@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from cloud_registry import models as m
-from cloud_registry import rollouts, schemas
+from cloud_registry import rollouts
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
+from registry_api import schemas
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 
-from cloud_registry import crud, samples, schemas
+from cloud_registry import crud, samples
 from cloud_registry import models as m
-from cloud_registry import retraining_schemas as rs
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from edgewire.device_api import SampleUploadSettings
+from registry_api import retraining as rs
+from registry_api import schemas
 
 router = APIRouter(tags=["samples and labels"])
 GroupName = Annotated[str, PathParam(pattern=schemas.GROUP_RE)]

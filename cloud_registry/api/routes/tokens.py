@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud_registry import crud, schemas
+from cloud_registry import crud
 from cloud_registry.api.deps import Admin, SessionDep
+from registry_api import schemas
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

@@ -16,9 +16,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from cloud_registry import charts, crud, rollouts, schemas
+from cloud_registry import charts, crud, rollouts
 from cloud_registry import models as m
 from cloud_registry.api.deps import UI_COOKIE, RegistryDep, SessionDep
+from registry_api import schemas
 
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
@@ -124,8 +125,8 @@ def model_page(
 def retraining_context(session, model: m.Model) -> dict:  # type: ignore[no-untyped-def]
     """The model page's retraining part: drift per version and group over time, the policy, the jobs."""
     from cloud_registry import drift, retraining
-    from cloud_registry import retraining_schemas as rs
     from cloud_registry.jobs.manager import job_info, list_jobs
+    from registry_api import retraining as rs
 
     record = retraining.get_policy(session, model_id=model.id)
     policy = rs.RetrainingPolicy.model_validate(record.policy) if record else None

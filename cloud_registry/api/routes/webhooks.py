@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
-from cloud_registry import schemas, webhooks
+from cloud_registry import webhooks
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
+from registry_api import schemas
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 

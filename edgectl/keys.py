@@ -23,7 +23,7 @@ def generate(
 ) -> None:
     """Generate an Ed25519 key pair; an existing key is never overwritten."""
     from edgebundle import generate_keypair, key_id, load_public_key
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     private, public = generate_keypair(out, name)
     kid = key_id(load_public_key(public))

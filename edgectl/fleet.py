@@ -17,7 +17,7 @@ import typer
 from toolchain.errors import EdgectlError
 
 if TYPE_CHECKING:
-    from cloud_registry.client import RegistryClient
+    from registry_api.client import RegistryClient
 
 RegistryUrl = Annotated[
     str,
@@ -51,7 +51,7 @@ class RegistryUnavailableError(EdgectlError):
 @contextmanager
 def registry_client(url: str, token: str | None) -> Iterator[RegistryClient]:
     """A client for the command's duration; its errors become one `error:` line and a `hint:` line."""
-    from cloud_registry.client import RegistryClient, RegistryError
+    from registry_api.client import RegistryClient, RegistryError
 
     if not token:
         raise RegistryRequestError(
@@ -84,7 +84,7 @@ def push_command(
     as_json: AsJson = False,
 ) -> None:
     """Upload a signed bundle; the registry verifies signature and hashes and stores it by content."""
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
     from toolchain.errors import UserInputError
 
     if not bundle.is_file():

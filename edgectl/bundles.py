@@ -19,7 +19,7 @@ def inspect_command(
 ) -> None:
     """Show a bundle's manifest (without checking its signature: use verify for that)."""
     from edgebundle import read_manifest
-    from toolchain.cli.output import console, emit_json, human_bytes
+    from edgectl.output import console, emit_json, human_bytes
 
     manifest = read_manifest(bundle)
     if as_json:
@@ -73,7 +73,7 @@ def verify_command(
 ) -> None:
     """Exit 0 only when the signature and every file hash hold."""
     from edgebundle import load_public_key, verify_bundle
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     manifest = verify_bundle(bundle, load_public_key(public_key))
     if as_json:
@@ -108,9 +108,9 @@ def bench_command(
     import tempfile
 
     from edgebundle import extract_archive, load_public_key, open_verified, read_manifest
+    from edgectl.output import console, emit_json
     from targets import get_profile
     from toolchain.benchmark import benchmark
-    from toolchain.cli.output import console, emit_json
     from toolchain.errors import UserInputError
     from toolchain.runners import RUNNERS
 

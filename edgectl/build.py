@@ -85,7 +85,7 @@ def build_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build signed bundles of MODEL for each --target."""
-    from toolchain.cli.output import RichReporter, emit_json, parse_numbers
+    from edgectl.output import RichReporter, emit_json, parse_numbers
     from toolchain.errors import UserInputError
     from toolchain.pipeline import BuildRequest, build
 
@@ -186,7 +186,7 @@ def result_row(result) -> dict:
 def print_results(results, title: str = "edgectl build") -> None:
     from rich.table import Table
 
-    from toolchain.cli.output import console, human_bytes
+    from edgectl.output import console, human_bytes
 
     table = Table(title=title)
     for column in (

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from toolchain.cli import (
+from edgectl import (
     build,
     bundles,
     demo,
@@ -49,7 +49,7 @@ optimize.register(app)
 def _print_error(message: str, hint: str | None) -> None:
     from rich.markup import escape
 
-    from toolchain.cli.output import err_console
+    from edgectl.output import err_console
 
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgectlError as exc:
         if getattr(exc, "attempts", None):
-            from toolchain.cli.output import print_attempts
+            from edgectl.output import print_attempts
 
             print_attempts(exc.attempts)
         _print_error(exc.message, exc.hint)

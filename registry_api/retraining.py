@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cloud_registry.schemas import GROUP_RE, GatePolicy, Selection
 from edgewire.device_api import SampleUploadSettings
+from registry_api.schemas import GROUP_RE, GatePolicy, Selection
 
 CALLABLE_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 SAMPLE_ID_RE = r"^[0-9a-f]{32}$"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
 
 registry_app = typer.Typer(help="Run and administer the cloud registry.", no_args_is_help=True)
 
@@ -78,7 +78,7 @@ def token_command(
     as_json: AsJson = False,
 ) -> None:
     """Create an API token (needs an admin token); it is shown once."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
     from toolchain.errors import UserInputError
 
     if role not in ("read-only", "deployer", "admin"):
@@ -100,7 +100,7 @@ def tokens_command(
     """List API tokens with their roles and whether they are revoked (never their secrets; admin only)."""
     from rich.table import Table
 
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         rows = client.tokens()
@@ -123,8 +123,8 @@ def revoke_token_command(
     """Revoke an API token (admin only); requests carrying it are refused from now on."""
     import re
 
-    from cloud_registry.schemas import TOKEN_NAME_RE
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
+    from registry_api.schemas import TOKEN_NAME_RE
     from toolchain.errors import UserInputError
 
     if not re.fullmatch(TOKEN_NAME_RE, name):
@@ -157,7 +157,7 @@ def broker_files_command(
 ) -> None:
     """Write Mosquitto's password file ($7$ PBKDF2-SHA512 hashes) and ACL for the enrolled fleet."""
     from cloud_registry.mosquitto import write_files
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         passwd, acl = client.broker_file("mosquitto.passwd"), client.broker_file("mosquitto.acl")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
 
 retrain_app = typer.Typer(
     help="The retraining loop: drift, sample upload, labels, policies and jobs.", no_args_is_help=True
@@ -38,7 +38,7 @@ def read_policy(path: Path) -> dict[str, Any]:
     import yaml
     from pydantic import ValidationError
 
-    from cloud_registry.retraining_schemas import RetrainingPolicy
+    from registry_api.retraining import RetrainingPolicy
     from toolchain.errors import UserInputError
 
     try:
@@ -97,7 +97,7 @@ def policy_set(
     as_json: AsJson = False,
 ) -> None:
     """Set MODEL's retraining policy from a file (checked here first, then by the registry)."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     policy = read_policy(file)
     with registry_client(registry, token) as client:
@@ -110,7 +110,7 @@ def policy_show(
     model: ModelArg, registry: RegistryUrl = DEFAULT_URL, token: RegistryToken = None, as_json: AsJson = False
 ) -> None:
     """MODEL's retraining policy, and what its triggers see now."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         info = client.policy(model)
@@ -120,7 +120,7 @@ def policy_show(
 @policy_app.command("delete")
 def policy_delete(model: ModelArg, registry: RegistryUrl = DEFAULT_URL, token: RegistryToken = None) -> None:
     """Remove MODEL's retraining policy (its jobs stay on record)."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         client.delete_policy(model)
@@ -154,8 +154,8 @@ def sampling_command(
     """Show, or change, a device group's sample upload (off unless switched on here)."""
     from pydantic import ValidationError
 
+    from edgectl.output import emit_or_print
     from edgewire.device_api import SampleUploadSettings
-    from toolchain.cli.output import emit_or_print
     from toolchain.errors import UserInputError
 
     changes = {
@@ -237,7 +237,7 @@ def samples_command(
     import numpy as np
     from rich.table import Table
 
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         rows = client.samples(model, labeled=labeled, group=group, limit=limit)
@@ -348,7 +348,7 @@ def label_command(
     as_json: AsJson = False,
 ) -> None:
     """Upload labels for MODEL's samples: all or nothing (an unknown sample or class refuses the file)."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     labels = read_label_file(file)
     with registry_client(registry, token) as client:
@@ -372,7 +372,7 @@ def source_command(
     as_json: AsJson = False,
 ) -> None:
     """Upload the source model (the weights) of a version: what retraining jobs fine-tune from."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
     from toolchain.errors import UserInputError
 
     if not file.is_file():
@@ -424,7 +424,7 @@ def run_command(
     as_json: AsJson = False,
 ) -> None:
     """Queue a retraining job for MODEL now, with its policy's entry point."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         job = client.retrain(model, parent, reason)
@@ -442,7 +442,7 @@ def jobs_command(
     as_json: AsJson = False,
 ) -> None:
     """Retraining jobs, newest first."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         jobs = client.jobs(model, state)
@@ -458,7 +458,7 @@ def job_command(
     as_json: AsJson = False,
 ) -> None:
     """One job: trigger, held-out figures, outcome (and its log)."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         job = client.job(job_id)
@@ -476,7 +476,7 @@ def cancel_command(
     as_json: AsJson = False,
 ) -> None:
     """Cancel a queued or running job."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         job = client.cancel_job(job_id)
@@ -499,7 +499,7 @@ def drift_command(
     alone is no drift. Windows of fewer than 50 inferences are not scored."""
     from rich.table import Table
 
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         points = client.drift(model, version=version, group=group, limit=limit)
@@ -542,7 +542,7 @@ def evaluate_command(
     as_json: AsJson = False,
 ) -> None:
     """Top-1 of each bundle on labeled data, one sample at a time, with the build's runners."""
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
     from toolchain.errors import UserInputError
     from toolchain.retrain import evaluate_bundle, load_labeled
 

@@ -34,8 +34,8 @@ def android_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write the models, labels, model-info.json and a LiteRT Kotlin runner for an Android app."""
+    from edgectl.output import console, emit_json, err_console, human_bytes
     from mobile_export.android import export_android
-    from toolchain.cli.output import console, emit_json, err_console, human_bytes
 
     result = export_android(
         bundle, out, public_key, force=force, size_limit_mb=size_limit_mb, package=package
@@ -82,8 +82,8 @@ def ios_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Write the Core ML package, model-info.json and Swift (Vision or the generated class) for an iOS app."""
+    from edgectl.output import console, emit_json, err_console, human_bytes
     from mobile_export.ios import export_ios
-    from toolchain.cli.output import console, emit_json, err_console, human_bytes
 
     result = export_ios(
         bundle,

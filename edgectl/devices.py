@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
 
 devices_app = typer.Typer(
     help="List and inspect fleet devices; enroll and revoke them.", no_args_is_help=True
@@ -32,7 +32,7 @@ def list_command(
     """Devices with presence, model version, slot and health."""
     from rich.table import Table
 
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         rows = client.devices(target=target, group=group, tag=tag, online=online)
@@ -63,7 +63,7 @@ def show_command(
     as_json: AsJson = False,
 ) -> None:
     """One device: profile, tags, presence, current and desired version, last telemetry."""
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         d = client.device(name)
@@ -99,7 +99,7 @@ def enroll_command(
     as_json: AsJson = False,
 ) -> None:
     """Create a one-time enrollment token for a new device (`edgectl-agent` spends it)."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         created = client.enrollment_token(group=group, tags=tag or [], name=name, ttl_s=ttl)
@@ -116,7 +116,7 @@ def revoke_command(
     as_json: AsJson = False,
 ) -> None:
     """Revoke a device (needs an admin token): its API token and MQTT password stop working at once."""
-    from toolchain.cli.output import emit_or_print
+    from edgectl.output import emit_or_print
 
     with registry_client(registry, token) as client:
         revoked = client.revoke_device(name)

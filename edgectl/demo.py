@@ -23,9 +23,9 @@ def demo_command(
 ) -> None:
     """Train a CNN on scikit-learn's digits (no download) and run `build` for every available target."""
     from edgebundle import generate_keypair
+    from edgectl.build import print_results, result_row
+    from edgectl.output import RichReporter, console, emit_json
     from targets import load_profiles
-    from toolchain.cli.build import print_results, result_row
-    from toolchain.cli.output import RichReporter, console, emit_json
     from toolchain.converters import CONVERTERS
     from toolchain.demo import IMAGE_SIZE, train_digits_model
     from toolchain.pipeline import BuildRequest, build

@@ -66,7 +66,7 @@ def optimize_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Prune MODEL's channels with Torch-Pruning, fine-tune it, and write it for `edgectl build`."""
-    from toolchain.cli.output import RichReporter, emit_json, parse_numbers
+    from edgectl.output import RichReporter, emit_json, parse_numbers
     from toolchain.errors import AccuracyGateError, UserInputError
     from toolchain.optimize import OptimizeRequest, optimize
 
@@ -122,7 +122,7 @@ def optimize_command(
 def print_attempts(attempts, stderr: bool = False) -> None:
     from rich.table import Table
 
-    from toolchain.cli.output import console, err_console
+    from edgectl.output import console, err_console
 
     table = Table(title="pruning attempts")
     for column in ("ratio", "metric", "before", "after", "drop", "MACs", "params", "within --max-drop"):
@@ -144,7 +144,7 @@ def print_attempts(attempts, stderr: bool = False) -> None:
 def print_report(report) -> None:
     from rich.table import Table
 
-    from toolchain.cli.output import console, human_bytes
+    from edgectl.output import console, human_bytes
 
     table = Table(
         title=f"edgectl optimize: {report.ratio:.0%} of the channels pruned, {report.epochs} epochs"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolchain.cli.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
 
 rollout_app = typer.Typer(
     help="Roll a model version out to the fleet in waves, gated on telemetry.", no_args_is_help=True
@@ -44,7 +44,7 @@ def parse_waves(text: str) -> dict[str, Any]:
 def _show(info: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from toolchain.cli.output import console
+    from edgectl.output import console
 
     console.print(
         f"[bold]rollout {info['id']}[/] {info['model']} v{info['version']}: [bold]{info['state']}[/]"
@@ -114,7 +114,7 @@ def create_command(
     as_json: AsJson = False,
 ) -> None:
     """Start rolling MODEL (a --version or an --alias) out to the selected devices."""
-    from toolchain.cli.output import emit_json
+    from edgectl.output import emit_json
     from toolchain.errors import UserInputError
 
     if (version is None) == (alias is None):
@@ -161,7 +161,7 @@ def list_command(
     """Rollouts, newest first."""
     from rich.table import Table
 
-    from toolchain.cli.output import console, emit_json
+    from edgectl.output import console, emit_json
 
     with registry_client(registry, token) as client:
         rows = client.rollouts(state)
@@ -189,7 +189,7 @@ def status_command(
     as_json: AsJson = False,
 ) -> None:
     """Waves, devices per state, gate values and the latest decisions of a rollout."""
-    from toolchain.cli.output import emit_json
+    from edgectl.output import emit_json
 
     with registry_client(registry, token) as client:
         info = client.rollout(rollout_id)
@@ -207,7 +207,7 @@ def _add_action(action: str, doc: str) -> None:
         token: RegistryToken = None,
         as_json: AsJson = False,
     ) -> None:
-        from toolchain.cli.output import emit_json
+        from edgectl.output import emit_json
 
         with registry_client(registry, token) as client:
             info = client.rollout_action(rollout_id, action, reason)

@@ -13,8 +13,8 @@ def targets_command(as_json: bool = typer.Option(False, "--json", help="Machine-
     """List every target profile: runtime, artifact format, precisions and budgets."""
     from rich.table import Table
 
+    from edgectl.output import console, emit_json
     from targets import load_profiles
-    from toolchain.cli.output import console, emit_json
     from toolchain.converters import CONVERTERS
 
     profiles = load_profiles()

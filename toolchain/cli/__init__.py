@@ -1,1 +1,0 @@
-"""The `edgectl` command line: one module per command group, `main` only adds them."""
