@@ -161,8 +161,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
+    from edgebase.deps import version_of
     from toolchain.benchmark import host_description
-    from toolchain.deps import version_of
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgectl-micro-bench-") as tmp:

@@ -28,13 +28,13 @@ from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from cloud_registry import models as m
+from edgewire.messages import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 if TYPE_CHECKING:  # pragma: no cover
     from cloud_registry.service import Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FAILED_UPDATE_STATES = ("FAILED", "ROLLED_BACK", "REJECTED")
 GATES = ("failure_rate", "error_rate_increase", "p95_regression", "confidence_psi")
 NO_GROUP = ""  # devices outside any group: the label is empty, as in the drift scores
 
@@ -245,9 +245,7 @@ class RegistryCollector:
             "When a finished rollout ended (Unix seconds), so an alert can stop firing after a while.",
             ["rollout"],
         )
-        by_state: dict[str, int] = dict.fromkeys(
-            ("running", "paused", "completed", "halted", "aborted", "rolled_back"), 0
-        )
+        by_state: dict[str, int] = dict.fromkeys((state.value for state in schemas.RolloutState), 0)
         for row in rollouts:
             rid = str(row.id)
             info.add_metric([rid, row.name, str(row.version), row.state], 1)

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from edgebundle.manifest import Manifest
+
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON}
@@ -98,6 +100,11 @@ class Artifact(Base):
     latency_ms_p50: Mapped[float | None] = mapped_column(Float, default=None)
     latency_ms_p95: Mapped[float | None] = mapped_column(Float, default=None)
     uploaded_at: Mapped[float] = mapped_column(Float)
+
+    def bundle_manifest(self) -> Manifest:
+        """The stored manifest through edgebundle's model (verified when the bundle was uploaded)."""
+        return Manifest.model_validate(self.manifest)
+
     uploaded_by: Mapped[str] = mapped_column(String(64))
     version: Mapped[ModelVersion] = relationship(back_populates="artifacts")
 

@@ -38,6 +38,7 @@ from cloud_registry import crud, gates
 from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
 from edgewire.commands import sign_rollback
+from edgewire.messages import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.rollouts")
@@ -115,7 +116,7 @@ def create_rollout(
     kept = [(p, s) for p, s in zip(percents, sizes, strict=True) if s > 0]
     rollout = m.Rollout(
         version_id=version.id,
-        state="running",
+        state=schemas.RolloutState.RUNNING.value,
         selection=body.selection.model_dump(mode="json", exclude_none=True),
         waves=[p for p, _ in kept],
         policy=body.policy.model_dump(mode="json"),
@@ -514,6 +515,17 @@ FINISH_EVENTS = {
 }
 
 
+def _move(rollout: m.Rollout, action: str, refusal: str | None = None) -> str:
+    """The state `action` takes the rollout to, by `schemas.ROLLOUT_TRANSITIONS`; Conflict where it has none."""
+    to = schemas.ROLLOUT_TRANSITIONS.get((rollout.state, action))
+    if to is None:
+        allowed = " or ".join(schemas.rollout_sources(action))
+        raise Conflict(
+            refusal or f"rollout {rollout.id} is {rollout.state}; only a {allowed} rollout can {action}"
+        )
+    return to
+
+
 def _finish(rollout: m.Rollout, state: str, reason: str) -> None:
     now = time.time()
     rollout.state, rollout.reason, rollout.finished_at, rollout.updated_at = state, reason, now, now
@@ -555,30 +567,31 @@ def get_rollout(session: Session, *, rollout_id: int, lock: bool = False) -> m.R
 
 
 def _switch(
-    session: Session, rollout_id: int, actor: str, reason: str | None, *, want: str, to: str, action: str
+    session: Session, rollout_id: int, actor: str, reason: str | None, *, action: str, done: str
 ) -> m.Rollout:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
-    if rollout.state != want:
-        raise Conflict(f"rollout {rollout_id} is {rollout.state}; only a {want} rollout can be {action}")
+    allowed = " or ".join(schemas.rollout_sources(action))
+    to = _move(
+        rollout, action, f"rollout {rollout_id} is {rollout.state}; only a {allowed} rollout can be {done}"
+    )
     rollout.state, rollout.updated_at = to, time.time()
-    _decide(session, rollout, action, reason or f"{action} by operator", actor)
+    _decide(session, rollout, done, reason or f"{done} by operator", actor)
     return rollout
 
 
 def pause(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
-    return _switch(session, rollout_id, actor, reason, want="running", to="paused", action="paused")
+    return _switch(session, rollout_id, actor, reason, action="pause", done="paused")
 
 
 def resume(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
-    return _switch(session, rollout_id, actor, reason, want="paused", to="running", action="resumed")
+    return _switch(session, rollout_id, actor, reason, action="resume", done="resumed")
 
 
 def abort(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
-    if rollout.state not in schemas.ACTIVE_ROLLOUT_STATES:
-        raise Conflict(f"rollout {rollout_id} is {rollout.state} already")
+    to = _move(rollout, "abort", f"rollout {rollout_id} is {rollout.state} already")
     text = reason or "aborted by operator: no further waves; updated devices keep the new version"
-    _finish(rollout, "aborted", text)
+    _finish(rollout, to, text)
     _decide(session, rollout, "aborted", text, actor)
     return rollout
 
@@ -593,11 +606,12 @@ def rollback(
     public_url: str,
 ) -> tuple[m.Rollout, list[Publication]]:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
-    if rollout.state == "rolled_back" or rollout.state == "halted":
-        raise Conflict(f"rollout {rollout_id} is {rollout.state}; its devices were ordered back already")
+    to = _move(
+        rollout, "rollback", f"rollout {rollout_id} is {rollout.state}; its devices were ordered back already"
+    )
     text = reason or "manual rollback by operator"
     publications = _revert(session, rollout, text, command_key, public_url)
-    _finish(rollout, "rolled_back", text)
+    _finish(rollout, to, text)
     _decide(session, rollout, "rolled_back", text, actor, devices=len(publications))
     return rollout, publications
 
@@ -667,7 +681,7 @@ class Reconciler:
             publications = _revert(
                 session, rollout, f"health gate crossed: {reason}", self.command_key, self.public_url
             )
-            _finish(rollout, "halted", f"health gate crossed: {reason}")
+            _finish(rollout, _move(rollout, "halt"), f"health gate crossed: {reason}")
             _decide(
                 session,
                 rollout,
@@ -713,7 +727,7 @@ class Reconciler:
                 if wave.index + 1 >= len(rollout.wave_rows):
                     _finish(
                         rollout,
-                        "completed",
+                        _move(rollout, "complete"),
                         "every wave met its success threshold with gates below their limits",
                     )
                     _decide(
@@ -766,7 +780,7 @@ class Reconciler:
                     f"({succeeded}/{len(entries)} succeeded)"
                 )
             publications = _revert(session, rollout, reason, self.command_key, self.public_url)
-            _finish(rollout, "halted", reason)
+            _finish(rollout, _move(rollout, "halt"), reason)
             _decide(
                 session, rollout, "halted", reason, self.actor, values=values, rolled_back=len(publications)
             )
@@ -799,8 +813,6 @@ class Reconciler:
 
 
 # --------------------------------------------------------------------------- reading
-
-FAILED_UPDATE_STATES = ("FAILED", "ROLLED_BACK", "REJECTED")
 
 
 def update_outcomes(session: Session, rollout: m.Rollout) -> dict[int, str]:

@@ -187,7 +187,7 @@ def model_labels(model: m.Model) -> list[str]:
     """The class names of the model's newest version that has a bundle."""
     for version in sorted(model.versions, key=lambda v: v.version, reverse=True):
         for artifact in version.artifacts:
-            return list((artifact.manifest.get("postprocessing") or {}).get("labels") or [])
+            return list(artifact.bundle_manifest().postprocessing.labels)
     return []
 
 

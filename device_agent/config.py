@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from device_agent.errors import ConfigError
+from edgebase.ids import is_slug
 
 GIB = 2**30
-_TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # as targets/schema.py names profiles
 _EXAMPLE = "see deploy/agent.example.yaml for a complete example"
 
 
@@ -33,7 +33,7 @@ class DeviceConfig(_Config):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        if not _TARGET_RE.match(value):
+        if not is_slug(value):
             raise ValueError(
                 "a target name is lowercase letters, digits and '-', like rpi5 or jetson-orin-nano"
             )

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_agent import faults
-from device_agent.persist import atomic_write, fsync_dir
 from device_agent.registry_client import RegistryClient, RegistryError
+from edgebase.durable import atomic_write, fsync_dir
 from edgebundle import ARCHIVE_SUFFIX
 
 log = logging.getLogger(__name__)

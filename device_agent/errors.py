@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+from edgebase.errors import HintedError, collapse_whitespace
 
-class AgentError(Exception):
+
+class AgentError(HintedError):
     """A problem with the agent's configuration, credentials or input, for the CLI's `error:` / `hint:` lines."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        self.message = " ".join(str(message).split())
-        self.hint = " ".join(str(hint).split()) if hint else None
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+    hint_in_str = True
+    flatten = staticmethod(collapse_whitespace)
 
 
 class ConfigError(AgentError):

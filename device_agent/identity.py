@@ -21,8 +21,8 @@ from pydantic import SecretStr, ValidationError
 from device_agent.config import AgentConfig
 from device_agent.errors import AgentError, ConfigError
 from device_agent.mqtt_link import BrokerSettings
-from device_agent.persist import atomic_write
 from device_agent.update import Keys
+from edgebase.durable import atomic_write
 from edgewire import EnrollResponse
 
 if TYPE_CHECKING:

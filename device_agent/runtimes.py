@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from device_agent.errors import RuntimeUnavailable
 from edgebundle.manifest import Artifact, Manifest, TensorSpec
+from targets.runtimes import RUNTIMES as RUNTIME_FACTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,6 +83,8 @@ def register(name: str, *, requires: tuple[tuple[str, ...], ...], formats: tuple
     def add(load: Callable[[Path, Artifact, Manifest, SessionOptions], Session]):
         if name in RUNTIMES:
             raise ValueError(f"runtime {name!r} is registered twice")
+        if name not in RUNTIME_FACTS:  # the bundle's `runtime` field takes only targets/runtimes.py's names
+            raise ValueError(f"unknown runtime {name!r}; known: {', '.join(RUNTIME_FACTS)}")
         RUNTIMES[name] = RuntimeEntry(name, requires, formats, extra, load)
         return load
 

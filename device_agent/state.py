@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_agent.persist import atomic_write_json
+from edgebase.durable import atomic_write_json
 from edgewire import DesiredModel
 
 log = logging.getLogger(__name__)

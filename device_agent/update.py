@@ -45,11 +45,13 @@ from typing import TYPE_CHECKING
 from device_agent import faults
 from device_agent.download import DownloadCancelled, Downloader, DownloadError, DownloadPolicy, archive_paths
 from device_agent.errors import AgentError
-from device_agent.persist import fsync_dir, remove_temporaries, remove_tree
+from device_agent.persist import remove_temporaries
 from device_agent.state import SLOTS, AgentState, Slot, SlotInfo, StateStore, UpdateRecord
+from edgebase.durable import fsync_dir, remove_tree
 from edgebundle import BundleError, open_verified, read_manifest
 from edgewire import DesiredModel
 from edgewire.commands import RollbackRefused, verify_rollback
+from edgewire.messages import FINAL_UPDATE_STATES
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE = "IDLE"
-FINAL = ("SUCCEEDED", "FAILED", "ROLLED_BACK", "REJECTED")
+FINAL = FINAL_UPDATE_STATES  # the contract's, said once
 IDLE_STATES = frozenset({IDLE, *FINAL})
 # States whose work can crash the agent (extraction, loading a model): restarts there are counted.
 RISKY = frozenset({"VERIFYING", "INSTALLING", "HEALTHCHECK"})

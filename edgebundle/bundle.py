@@ -20,7 +20,6 @@ import errno
 import gzip
 import hashlib
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -35,6 +34,8 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
+from edgebase.durable import fsync_dir, write_new
+from edgebase.ids import is_file_name
 from edgebundle.errors import ArchiveError, BundleError, IntegrityError, ManifestError, SignatureError
 from edgebundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from edgebundle.signing import (
@@ -57,7 +58,6 @@ _GZIP_LEVEL = 6
 # Tar headers, pax records and end-of-archive padding on top of the members' content.
 _HEADER_ALLOWANCE = 4096 * (MAX_MEMBERS + 2) + _CHUNK
 _MAX_PADDING = _CHUNK  # tar pads to 10 KiB records; anything much longer is not ours
-_BUNDLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _REBUILD = "rebuild the bundle, or fetch it again"
@@ -148,27 +148,6 @@ def _read_small(path: Path, limit: int) -> bytes | None:
     return data
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path | None) -> None:
     """Remove a file, link or folder tree if it exists; never raises."""
     if path is None:
@@ -207,7 +186,7 @@ def _move_dir(source: Path, target: Path) -> None:
 
 
 def _check_bundle_name(bundle_name: str) -> None:
-    if not isinstance(bundle_name, str) or not _BUNDLE_NAME_RE.match(bundle_name):
+    if not isinstance(bundle_name, str) or not is_file_name(bundle_name):
         raise BundleError(
             f"invalid bundle name {bundle_name!r}",
             hint="use letters, digits, '.', '_' or '-' (see bundle_name_for)",
@@ -326,7 +305,7 @@ def write_bundle(
     try:
         for name, data in ((MANIFEST_NAME, manifest_bytes), (SIGNATURE_NAME, signature)):
             written.append(staging / name)
-            _write_new(staging / name, data)
+            write_new(staging / name, data)
         fd, temp = tempfile.mkstemp(prefix=f".{bundle_name}{ARCHIVE_SUFFIX}.", suffix=".tmp", dir=out_dir)
         os.close(fd)
         temp_archive = Path(temp)
@@ -337,7 +316,7 @@ def write_bundle(
         _move_dir(staging, temp_dir)
         written = []
         os.chmod(temp_dir, 0o755)
-        _fsync_dir(temp_dir)
+        fsync_dir(temp_dir)
 
         # Swap in: the old folder steps aside, the new one takes its name, then the archive.
         if os.path.lexists(final_dir):
@@ -359,7 +338,7 @@ def write_bundle(
         raise
     finally:
         _remove(old_dir)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     return BundleLocation(directory=final_dir, archive=final_archive, manifest=signed)
 
 
@@ -508,7 +487,7 @@ def _prepare_dest(dest: Path) -> Path:
 
 def _publish(work: Path, dest: Path) -> None:
     os.rename(work, dest)  # replaces `dest` only if it is an empty folder
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:

@@ -8,21 +8,15 @@ carries key material.
 
 from __future__ import annotations
 
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+from edgebase.errors import HintedError, escape_newlines
 
 
-class BundleError(Exception):
+class BundleError(HintedError):
     """Base of every bundle problem."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        self.message = _one_line(message)
-        self.hint = _one_line(hint) if hint else None
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+    exit_code = 4
+    hint_in_str = True
+    flatten = staticmethod(escape_newlines)
 
 
 class SignatureError(BundleError):

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from edgebase.ids import is_name
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -22,7 +24,6 @@ ColorOrder = Literal["RGB", "BGR", "GRAY"]
 Task = Literal["classify", "detect", "other"]
 Gate = Literal["labels", "fp32-detections", "top1-agreement", "output-cosine"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Confidence histograms (DriftSummary) have this many equal bins over [0, 1].
 CONFIDENCE_BINS = 10
@@ -475,7 +476,7 @@ class Manifest(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not is_name(value):
             raise ValueError("name must be 1-128 of letters, digits, '.', '_' or '-', starting alphanumeric")
         return value
 

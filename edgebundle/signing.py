@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
+from edgebase.durable import write_new
+from edgebase.ids import is_name
 from edgebundle.errors import KeyFileError, ManifestError, SignatureError
 from edgebundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
@@ -33,7 +35,6 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 _GENERATE_HINT = "generate a key pair with 'edgectl keys generate --out DIR'"
-_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 # --------------------------------------------------------------------------- keys
@@ -45,7 +46,7 @@ def generate_keypair(out_dir: Path, name: str = "signing") -> tuple[Path, Path]:
     Never overwrites: if either file exists, raises KeyFileError and writes nothing.
     Returns (private_key_path, public_key_path).
     """
-    if not _KEY_NAME_RE.match(name):
+    if not is_name(name):
         raise KeyFileError(
             f"invalid key name {name!r}", hint="use letters, digits, '.', '_' or '-', e.g. 'signing'"
         )
@@ -80,9 +81,8 @@ def generate_keypair(out_dir: Path, name: str = "signing") -> tuple[Path, Path]:
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags, mode)
+        write_new(path, data, mode)
     except FileExistsError as exc:
         raise KeyFileError(
             f"{path} already exists; refusing to overwrite a key",
@@ -90,18 +90,6 @@ def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
         ) from exc
     except OSError as exc:
         raise KeyFileError(f"cannot create {path}: {exc.strerror or exc}") from exc
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits; never added any
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
 
 
 def _read_key_file(path: Path, what: str) -> bytes:

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line plus a hint and a non-zero exit, never a traceback."""
     from pydantic import ValidationError
 
+    from edgebase.errors import HintedError
     from edgebundle.errors import BundleError
     from targets import ProfileError, UnknownTargetError
     from toolchain.errors import EdgectlError
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         _print_error(str(exc), None)
         return 4
+    except HintedError as exc:  # the exporters' and any other family's: message, hint, its exit code
+        _print_error(exc.message, exc.hint)
+        return exc.exit_code
     except (UnknownTargetError, ProfileError) as exc:  # their message carries the hint
         _print_error(str(exc).splitlines()[0], None)
         return 2

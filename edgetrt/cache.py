@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgebase.durable import atomic_write, fsync_dir, write_new
 from edgebundle.manifest import TensorRTPlan
 from edgebundle.signing import canonical_json
 
@@ -56,7 +57,7 @@ def engine_key(
 
 
 class EngineCache:
-    """Engines on disk, one folder per key; writes are atomic (temp folder, fsync, rename)."""
+    """Engines on disk, one folder per key; writes are atomic and durable (temp folder, fsync each file and the folder, rename, fsync the root)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -94,37 +95,30 @@ class EngineCache:
         final = self.entry(key)
         work = Path(tempfile.mkdtemp(prefix=f".{key.digest}.", dir=self.root))
         try:
-            _write_synced(work / ENGINE_FILE, engine)
+            write_new(work / ENGINE_FILE, engine)
             meta = {
                 **asdict(key),
                 "engine_sha256": hashlib.sha256(engine).hexdigest(),
                 "builder": builder,
                 "built_at": time.time(),
             }
-            _write_synced(work / META_FILE, json.dumps(meta, indent=2).encode())
+            write_new(work / META_FILE, json.dumps(meta, indent=2).encode())
+            fsync_dir(work)
             if final.exists():  # a stale or broken entry for the same key: replace it
                 _remove_tree(final)
             os.replace(work, final)
+            fsync_dir(self.root)  # the rename survives a power loss too
         except BaseException:
             _remove_tree(work)
             raise
         if timing_cache is not None:
-            _write_synced(self.timing_cache_path(key), timing_cache)
+            atomic_write(self.timing_cache_path(key), timing_cache)
         return final
 
     def timing_cache_path(self, key: EngineKey) -> Path:
         """The per-device timing cache, shared by every plan built on this TensorRT + GPU."""
         device = hashlib.sha256(f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}".encode())
         return self.root / f"timing-{device.hexdigest()[:16]}.cache"
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _remove_tree(path: Path) -> None:

@@ -63,14 +63,14 @@ def make_plan(
     tensorrt_version: str | None,
     compute_capability: str | None,
 ) -> TensorRTPlan:
-    """A plan for one bundle. `options` are the target profile's (workspace_mb, use_dla, dla_core)."""
+    """A plan for one bundle. `options` are the target profile's (workspace_mb, use_dla, dla_core, allow_gpu_fallback)."""
     flags: list[str] = []
     if precision in ("fp16", "int8"):
         flags.append("FP16")  # INT8 engines run their float layers in FP16 where that is faster
     if precision == "int8":
         flags.append("INT8")
     dla_core = int(options.get("dla_core", 0)) if options.get("use_dla") else None
-    if dla_core is not None:
+    if dla_core is not None and options.get("allow_gpu_fallback", True):
         flags.append("GPU_FALLBACK")  # layers the DLA cannot run go to the GPU instead of failing
     plan = TensorRTPlan(
         onnx=onnx,

@@ -46,6 +46,8 @@ UpdateState = Literal[
 UPDATE_STATES: tuple[str, ...] = UpdateState.__args__  # type: ignore[attr-defined]
 # States after which an update is over, one way or the other.
 FINAL_UPDATE_STATES = frozenset({"SUCCEEDED", "FAILED", "ROLLED_BACK", "REJECTED"})
+# The final states that count against a version: the registry's rollout gates and metrics read these.
+FAILED_UPDATE_STATES: tuple[str, ...] = ("FAILED", "ROLLED_BACK", "REJECTED")
 Slot = Literal["a", "b"]
 
 

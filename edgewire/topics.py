@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from edgebase.ids import SLUG_PATTERN
+
 ROOT = "edgectl"
 DATA = "data"
 COMMAND = "cmd"
@@ -36,7 +38,7 @@ DATA_KINDS: tuple[str, ...] = ("presence", "telemetry", "update")
 COMMAND_KINDS: tuple[str, ...] = ("desired",)
 # For pydantic's `pattern` (Rust's regex: `$` is the end of the text) and Python's `re`, where `$` also
 # matches before a final newline ("dev\n" passed): `\Z` there.
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ID_PATTERN = SLUG_PATTERN  # a fleet or device id is a slug (edgebase.ids)
 ID_RE = re.compile(ID_PATTERN[:-1] + r"\Z")
 
 

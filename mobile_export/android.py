@@ -41,6 +41,7 @@ from mobile_export.common import (
     Normalization,
     SizeCheck,
     TensorInfo,
+    UserInputError,
     ValidationSummary,
     app_download_limit_mb,
     benchmark_summary,
@@ -54,7 +55,6 @@ from mobile_export.common import (
     tensor_info,
     validation_summary,
 )
-from toolchain.errors import UserInputError
 
 MODEL_INFO_SCHEMA = "edgectl.android-model-info/1"
 METADATA_NAME = "edgectl_model_info"
@@ -258,15 +258,14 @@ def model_info(manifest: Manifest, *, has_labels: bool, embed: bool) -> AndroidM
 
 
 def _profile_delegates(target: str) -> list[str]:
-    """The delegates the target profile names (`delegates` or `delegate`); XNNPACK when it names none."""
+    """The delegates the target profile names; XNNPACK when it names none (or is not a TFLite profile)."""
     from targets import UnknownTargetError, get_profile
 
     try:
-        options = get_profile(target).options
+        options = get_profile(target).runtime_options()
     except UnknownTargetError:
         return ["xnnpack"]
-    named = options.get("delegates") or options.get("delegate") or ["xnnpack"]
-    return [named] if isinstance(named, str) else list(named)
+    return list(getattr(options, "delegates", None) or ["xnnpack"])
 
 
 def _delegates_for(artifact: Artifact, available: list[str]) -> list[str]:
@@ -294,7 +293,7 @@ def _profile_threads(target: str) -> int:
 
 
 def _metadata_tools_available() -> bool:
-    from toolchain.deps import is_available
+    from edgebase.deps import is_available
 
     return is_available("ai_edge_litert") and is_available("flatbuffers")
 

@@ -21,13 +21,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgebase.errors import HintedError
 from edgebundle.manifest import BenchmarkReport, Manifest, Preprocessing, TensorSpec, ValidationReport
-from toolchain.errors import UserInputError
 
 DEFAULT_APP_DOWNLOAD_LIMIT_MB = 200
 WARN_FRACTION = 0.8
 MB = 1024 * 1024
 PUBLIC_KEY_ENV = "EDGECTL_PUBLIC_KEY"
+
+
+class UserInputError(HintedError):
+    """A flag, path or bundle given to an exporter is wrong (printed as `error:` and `hint:`, exit 2)."""
 
 
 class _Model(BaseModel):
@@ -267,7 +271,7 @@ def app_download_limit_mb(target: str) -> float:
         profile = get_profile(target)
     except UnknownTargetError:
         return DEFAULT_APP_DOWNLOAD_LIMIT_MB
-    return float(profile.options.get("app_download_limit_mb", DEFAULT_APP_DOWNLOAD_LIMIT_MB))
+    return float(getattr(profile.runtime_options(), "app_download_limit_mb", DEFAULT_APP_DOWNLOAD_LIMIT_MB))
 
 
 def check_size(total_bytes: int, limit_mb: float) -> SizeCheck:

@@ -32,6 +32,7 @@ from mobile_export.common import (
     BundleInfo,
     ExportedFile,
     SizeCheck,
+    UserInputError,
     ValidationSummary,
     bundle_info,
     check_out_dir,
@@ -41,7 +42,6 @@ from mobile_export.common import (
     staged_output,
     validation_summary,
 )
-from toolchain.errors import UserInputError
 
 MODEL_INFO_SCHEMA = "edgectl.ios-model-info/1"
 RUNTIMES = ("coreml",)
@@ -253,7 +253,9 @@ def on_demand_guidance_mb(target: str) -> float:
     from targets import UnknownTargetError, get_profile
 
     try:
-        return float(get_profile(target).options.get("on_demand_guidance_mb", DEFAULT_ON_DEMAND_MB))
+        return float(
+            getattr(get_profile(target).runtime_options(), "on_demand_guidance_mb", DEFAULT_ON_DEMAND_MB)
+        )
     except UnknownTargetError:
         return DEFAULT_ON_DEMAND_MB
 
@@ -353,11 +355,11 @@ def stamp_metadata(
 
     Only the spec's metadata changes: the program and the weights are byte for byte the bundle's.
     """
-    from toolchain.deps import is_available
+    from edgebase.deps import is_available
 
     if not is_available("coremltools"):
         return None
-    from toolchain.coreml_model import import_coremltools
+    from edgebase.deps import import_coremltools
 
     import_coremltools()
     from coremltools.proto import Model_pb2
@@ -383,7 +385,7 @@ def stamp_metadata(
 
 def read_metadata(package: Path) -> dict[str, str]:
     """The exported package's metadata: version, author, license, description and the user-defined keys."""
-    from toolchain.coreml_model import import_coremltools
+    from edgebase.deps import import_coremltools
 
     import_coremltools()
     from coremltools.proto import Model_pb2

@@ -13,14 +13,18 @@ from urllib.parse import quote
 
 import httpx
 
+from edgebase.errors import HintedError
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV, TOKEN_ENV = "EDGECTL_REGISTRY_URL", "EDGECTL_REGISTRY_TOKEN"
 
 
-class RegistryError(Exception):
+class RegistryError(HintedError):
+    """The registry refused a request or could not be reached; `status` is the HTTP status, None when unreached."""
+
     def __init__(self, message: str, hint: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message, self.hint, self.status = message, hint, status
+        super().__init__(message, hint)
+        self.status = status
 
 
 _HINTS = {

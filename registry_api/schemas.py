@@ -5,22 +5,51 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgebase.ids import NAME_PATTERN, SLUG_PATTERN
 from edgewire.topics import ID_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = r"^[a-z][a-z0-9_-]{0,63}$"
 TAG_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-GROUP_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+GROUP_RE = SLUG_PATTERN
 TOKEN_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 Role = Literal["read-only", "deployer", "admin"]
-RolloutState = Literal["running", "paused", "completed", "halted", "aborted", "rolled_back"]
-ACTIVE_ROLLOUT_STATES = ("running", "paused")
 INT32_MAX = 2**31 - 1  # versions, counts and ids are INTEGER columns
 INT64_MAX = 2**63 - 1  # sequence numbers are BIGINT
+
+
+class RolloutState(StrEnum):
+    """Where a rollout stands. It moves only along `ROLLOUT_TRANSITIONS`."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    HALTED = "halted"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+
+
+# Rollouts that still own their devices (a device is in at most one of them).
+ACTIVE_ROLLOUT_STATES: tuple[str, ...] = (RolloutState.RUNNING.value, RolloutState.PAUSED.value)
+# (state, action) -> the state it leads to. The operator's actions (pause, resume, abort, rollback)
+# are refused with 409 from any other state; the reconciler's (complete, halt) act on running ones.
+ROLLOUT_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("running", "pause"): "paused",
+    ("paused", "resume"): "running",
+    ("running", "complete"): "completed",  # every wave met its success threshold and baked
+    ("running", "halt"): "halted",  # a health gate crossed or a wave timed out; its devices sent back
+    **{(state, "abort"): "aborted" for state in ACTIVE_ROLLOUT_STATES},  # no more waves; devices keep it
+    **{(state, "rollback"): "rolled_back" for state in ("running", "paused", "completed", "aborted")},
+}
+
+
+def rollout_sources(action: str) -> list[str]:
+    """The states from which `action` is allowed, in the enum's order."""
+    return [state.value for state in RolloutState if (state.value, action) in ROLLOUT_TRANSITIONS]
 
 
 class _Body(BaseModel):
@@ -214,7 +243,7 @@ class TelemetryPoint(BaseModel):
 
 
 class Selection(_Body):
-    target: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    target: str | None = Field(default=None, pattern=SLUG_PATTERN)
     group: str | None = Field(default=None, pattern=GROUP_RE)
     tag: str | None = Field(default=None, pattern=TAG_RE)
     devices: list[str] | None = Field(default=None, max_length=100_000, description="Explicit device ids.")
@@ -287,7 +316,7 @@ class Exponential(_Body):
 
 
 class RolloutCreate(_Body):
-    model: str = Field(pattern=NAME_RE.pattern)
+    model: str = Field(pattern=NAME_PATTERN)
     version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     alias: str | None = Field(default=None, pattern=ALIAS_RE)
     selection: Selection = Field(default_factory=Selection)

@@ -5,26 +5,21 @@ Imports pydantic and the stdlib only: the device agent reads profiles too.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgebase.ids import is_slug
+from targets.options import OPTIONS_FOR_RUNTIME, RuntimeOptions
+from targets.runtimes import RUNTIME_NAMES, RUNTIMES
 
 Precision = Literal["fp32", "fp16", "int8"]
-Runtime = Literal["onnxruntime", "tflite", "tensorrt", "coreml", "tflite-micro"]
+Runtime = Literal[RUNTIME_NAMES]  # type: ignore[valid-type]  # the rows of targets/runtimes.py
 ArtifactFormat = Literal["onnx", "tflite", "onnx+tensorrt-plan", "mlpackage", "tflite-micro"]
 Layout = Literal["NCHW", "NHWC"]
 
 # The artifact each runtime loads. A profile that pairs them differently is a typo, not a new target.
-ARTIFACT_FOR_RUNTIME: dict[str, str] = {
-    "onnxruntime": "onnx",
-    "tflite": "tflite",
-    "tensorrt": "onnx+tensorrt-plan",
-    "coreml": "mlpackage",
-    "tflite-micro": "tflite-micro",
-}
-
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+ARTIFACT_FOR_RUNTIME: dict[str, str] = {row.name: row.artifact_format for row in RUNTIMES.values()}
 
 
 class _Frozen(BaseModel):
@@ -85,8 +80,10 @@ class TargetProfile(_Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
-            raise ValueError("must be lowercase letters, digits and '-', starting with a letter or digit")
+        if not is_slug(value):
+            raise ValueError(
+                "must be 1-63 lowercase letters, digits and '-', starting with a letter or digit"
+            )
         return value
 
     @field_validator("precisions")
@@ -109,7 +106,20 @@ class TargetProfile(_Frozen):
             )
         if self.runtime == "tflite-micro" and (self.flash_kb is None or self.sram_kb is None):
             raise ValueError("a tflite-micro target needs flash_kb and sram_kb budgets")
+        try:
+            OPTIONS_FOR_RUNTIME[self.runtime].model_validate(self.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            known = ", ".join(OPTIONS_FOR_RUNTIME[self.runtime].model_fields)
+            raise ValueError(
+                f"options.{where}: {first['msg']} (a {self.runtime} profile's options: {known})"
+            ) from None
         return self
+
+    def runtime_options(self) -> RuntimeOptions:
+        """`options` as its runtime's typed model (targets/options.py), defaults filled in."""
+        return OPTIONS_FOR_RUNTIME[self.runtime].model_validate(self.options)
 
     def summary(self) -> dict[str, Any]:
         """A flat row for `edgectl targets` (table and --json)."""

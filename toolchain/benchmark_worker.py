@@ -31,14 +31,13 @@ def main(argv: list[str]) -> None:
     path, runtime, threads, runs, warmup = Path(argv[0]), argv[1], int(argv[2]), int(argv[3]), int(argv[4])
     import numpy as np
 
+    from edgebase.deps import import_quietly, is_available
+    from targets.runtimes import RUNTIMES
     from toolchain.runners import RUNNERS
 
-    if runtime == "onnxruntime":
-        import onnxruntime  # noqa: F401  (count the runtime's import in the baseline, not the model)
-    elif runtime == "tflite":
-        import ai_edge_litert.interpreter  # noqa: F401
-    elif runtime == "tflite-micro":
-        import tflite_micro.python.tflite_micro.runtime  # noqa: F401
+    row = RUNTIMES.get(runtime)
+    if row is not None and row.host_module and row.on_host and is_available(row.host_module.split(".")[0]):
+        import_quietly(row.host_module)  # the runtime's import belongs to the baseline, not the model
     baseline = _rss_mb()
     start = time.perf_counter()
     runner = RUNNERS[runtime](path, threads or None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebase.deps import import_coremltools
 from edgebundle.manifest import CoreMLCheck, CoreMLFeature, CoreMLNMS, NMSParams
 from toolchain.coreml_detector import (
     CONFIDENCE,
@@ -34,7 +35,6 @@ from toolchain.coreml_model import (
     META_EDGECTL,
     META_SOURCE_SHA256,
     ImageInput,
-    import_coremltools,
 )
 from toolchain.errors import EdgectlError
 

@@ -21,16 +21,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgebundle.manifest import CoreMLWeights, Preprocessing
-from toolchain.deps import output_to
 from toolchain.errors import ExportError, UserInputError
 
 # Core ML's 8-bit linear quantization for an iOS 16 target: symmetric int8, one scale per output channel.
@@ -50,33 +47,6 @@ META_PREPROCESSING = "edgectl.preprocessing"
 META_WEIGHTS = "edgectl.weights"
 META_TASK = "edgectl.task"
 META_PREVIEW = "com.apple.coreml.model.preview.type"  # Xcode's preview tab: imageClassifier, objectDetector
-
-
-# --------------------------------------------------------------------------- coremltools itself
-
-
-def import_coremltools():
-    """coremltools, without TensorFlow.
-
-    coremltools imports TensorFlow when it is installed, only to offer its TensorFlow converters, which
-    edgectl does not use. That costs about 5 s, and TensorFlow's LLVM loaded before Triton's makes Triton
-    crash (see `toolchain.deps.import_tensorflow`). TensorFlow is hidden while coremltools is imported; one
-    that is already imported stays as it is.
-    """
-    if "coremltools" in sys.modules:
-        return sys.modules["coremltools"]
-    hide = "tensorflow" not in sys.modules
-    if hide:
-        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # `import tensorflow` raises ImportError
-    try:
-        with output_to(
-            Path(os.devnull)
-        ):  # "not tested with torch 2.x", "Failed to load _MLModelProxy" (Linux)
-            import coremltools
-    finally:
-        if hide:
-            sys.modules.pop("tensorflow", None)
-    return coremltools
 
 
 @contextlib.contextmanager

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebase.deps import import_coremltools
 from edgebundle.manifest import Preprocessing, TensorSpec
 from toolchain.coreml_checks import read_package
 from toolchain.coreml_detector import RAW_CONFIDENCE, RAW_COORDINATES
-from toolchain.coreml_model import META_PREPROCESSING, import_coremltools
+from toolchain.coreml_model import META_PREPROCESSING
 
 MACOS_ONLY = "Core ML predicts only on macOS"
 _TENSOR_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32"}

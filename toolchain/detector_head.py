@@ -172,7 +172,7 @@ def embedded_metadata(path: Path) -> dict:
 
 def ultralytics_metadata(labels: list[str], input_shape: list[int], name: str) -> dict:
     """Metadata in the keys Ultralytics' backends read: task, names, imgsz, stride, batch, channels."""
-    from toolchain.deps import version_of
+    from edgebase.deps import version_of
 
     height, width = input_shape[2], input_shape[3]
     return {

@@ -1,40 +1,23 @@
-"""Errors a user can act on: one line saying what went wrong, one hint saying what to do.
+"""The toolchain's errors: one line saying what went wrong, one hint saying what to do.
 
-The CLI prints `error: <message>` and `hint: <hint>` and exits non-zero; it
-never shows a traceback for these. Anything else is a bug and does show one.
+They share `edgebase.errors.HintedError` with the bundle's, the agent's and the registry client's. The
+CLI prints `error: <message>` and `hint: <hint>` and exits non-zero; it never shows a traceback for
+these. Anything else is a bug and does show one.
 """
 
 from __future__ import annotations
 
+from edgebase.errors import HintedError, MissingDependencyError
 
-class EdgectlError(Exception):
-    """Base class for every error the user can fix."""
+__all__ = ["EdgectlError", "MissingDependencyError", "UserInputError"]
 
-    exit_code = 2
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
+class EdgectlError(HintedError):
+    """Base class for every toolchain error the user can fix (a message may be a small table)."""
 
 
 class UserInputError(EdgectlError):
     """A flag, path or file given by the user is wrong."""
-
-
-class MissingDependencyError(EdgectlError):
-    """An optional package is not installed; the hint names the extra."""
-
-    def __init__(self, module: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the Python package '{module}', which is not installed",
-            hint=f"install the extra: pip install 'edgectl[{extra}]'",
-        )
-        self.module = module
-        self.extra = extra
 
 
 class ConverterUnavailableError(EdgectlError):

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from toolchain.deps import require
+from edgebase.deps import require
 from toolchain.errors import ExportError, UserInputError
 
 KerasKind = Literal["keras", "saved_model"]
@@ -102,7 +102,7 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
 
 def _import_keras():
     require("tensorflow", extra="tflite", purpose="reading a Keras model")
-    from toolchain.deps import import_tensorflow
+    from edgebase.deps import import_tensorflow
 
     tf = import_tensorflow()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -182,7 +182,7 @@ def _parsers(binary: _Binary, registers: dict[int, str]) -> dict[str, int]:
 
 def measure(path: Path | None = None) -> dict:
     """Measure the core and every op's kernel in a TFLM shared object; the content of TABLE."""
-    from toolchain.deps import version_of
+    from edgebase.deps import version_of
 
     binary = _Binary(path or shared_object())
     core_roots: set[int] = set()

@@ -30,10 +30,11 @@ class MemoryFitError(EdgectlError):
 
 
 def _reserve(profile: TargetProfile, memory: str) -> FitItem | None:
-    kb = int(profile.options.get(f"{memory}_reserved_kb", 0) or 0)
+    options = profile.runtime_options()
+    kb = getattr(options, f"{memory}_reserved_kb", 0)
     if not kb:
         return None
-    note = profile.options.get("reserved_note", "reserved by the firmware")
+    note = options.reserved_note
     return FitItem(what=f"reserved: {note}", bytes=kb * 1024, basis="board")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebase.deps import require
 from edgebundle.manifest import QuantParams, TensorSpec
-from toolchain.deps import require
 from toolchain.micro_model import MicroModel, Tensor, read_model
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebase.deps import require, version_of
 from edgebundle.manifest import TensorSpec
-from toolchain.deps import require, version_of
 from toolchain.errors import ExportError, UserInputError
 from toolchain.sources import SOURCE_KINDS, SourceModel, load_torch_module
 

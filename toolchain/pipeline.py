@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgebase.deps import version_of
 from edgebundle.manifest import (
     Artifact,
     Lineage,
@@ -38,7 +39,6 @@ from targets import TargetProfile, get_profile, load_profiles
 from toolchain import data as datasets
 from toolchain import device_checks
 from toolchain.converters import CONVERTERS, BuildContext, get_converter
-from toolchain.deps import version_of
 from toolchain.errors import AccuracyGateError, CalibrationError, UserInputError
 from toolchain.sources import is_tensorflow_source
 from toolchain.speed import host_threads, relative_latency
@@ -403,7 +403,7 @@ def build(req: BuildRequest, reporter: Reporter | None = None) -> list[TargetBui
                     converted.artifacts[0].path,
                     sample,
                     threads=profile.threads,
-                    max_latency_ms=req.latency_budget_ms or profile.options.get("latency_budget_ms"),
+                    max_latency_ms=req.latency_budget_ms or profile.runtime_options().latency_budget_ms,
                 )
             drift = None
             if evaluation is not None and fp32_path in references:

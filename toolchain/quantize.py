@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgebase.deps import require
 from edgebundle.manifest import ValidationReport
-from toolchain.deps import require
 
 if TYPE_CHECKING:
     from toolchain.repair import Int8Search

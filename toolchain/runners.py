@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from edgebase.deps import require
 from edgebundle.manifest import QuantParams, TensorSpec
-from toolchain.deps import require
+from targets.runtimes import RUNTIMES, runtime_for_suffix
 from toolchain.micro_runtime import MicroRunner
 
 
@@ -151,7 +151,7 @@ class SavedModelRunner:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         require("tensorflow", extra="tflite", purpose="running a TensorFlow SavedModel")
-        from toolchain.deps import import_tensorflow
+        from edgebase.deps import import_tensorflow
 
         tf = import_tensorflow()
         if threads:
@@ -224,29 +224,14 @@ RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
 }
 
 
-# Which runner takes a file, by its suffix: a bundle may hold artifacts of more than one runtime.
-# Longer (compound) suffixes win: `model.micro.tflite` is for TFLite Micro, `model.tflite` for LiteRT.
-RUNTIME_FOR_SUFFIX = {
-    ".onnx": "onnxruntime",
-    ".ort": "onnxruntime",
-    ".tflite": "tflite",
-    ".engine": "tensorrt",
-    ".mlpackage": "coreml",
-    ".micro.tflite": "tflite-micro",
-}
-
-# Runtimes whose runner can load an artifact and report its tensors but not run it on this host.
-NOT_RUNNABLE_ON_HOST: set[str] = set()
-if sys.platform != "darwin":
-    NOT_RUNNABLE_ON_HOST.add("coreml")  # Core ML predicts only on macOS
-
-
 def runtime_for(path: Path) -> str:
-    """The runtime of an artifact file or folder by its suffix, or TensorFlow for a SavedModel folder."""
-    name = path.name.lower()
-    for suffix in sorted(RUNTIME_FOR_SUFFIX, key=len, reverse=True):
-        if name.endswith(suffix):
-            return RUNTIME_FOR_SUFFIX[suffix]
+    """The runtime of an artifact file or folder by its suffix (targets/runtimes.py), or TensorFlow for a SavedModel folder.
+
+    A bundle may hold artifacts of more than one runtime (an `.ort` beside an `.onnx`, a `.tflite` GPU twin).
+    """
+    runtime = runtime_for_suffix(path.name)
+    if runtime is not None:
+        return runtime
     if path.is_dir():
         return "tensorflow"
     raise KeyError(f"no runtime takes {path.name}")
@@ -254,7 +239,8 @@ def runtime_for(path: Path) -> str:
 
 def runs_on_host(runtime: str) -> bool:
     """Whether artifacts of `runtime` can be run here (validated numerically and benchmarked)."""
-    return runtime not in NOT_RUNNABLE_ON_HOST
+    row = RUNTIMES.get(runtime)
+    return row is None or row.on_host  # the SavedModel runner (a source, not a target) runs anywhere
 
 
 def open_runner(runtime: str, path: Path, threads: int | None = None) -> Runner:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgebase.deps import require
 from edgebundle.manifest import NMSParams, Preprocessing, Task
-from toolchain.deps import require
 from toolchain.errors import ExportError, UserInputError
 
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -280,7 +280,7 @@ def build_model(
     gelu_approximate: bool = True,
 ):
     """The DistilBERT-style encoder classifier (see the module docstring); input (None, seq_len) int32."""
-    from toolchain.deps import import_tensorflow
+    from edgebase.deps import import_tensorflow
 
     import_tensorflow()  # first: it orders native libraries safely and quiets TF
     import keras
@@ -309,7 +309,7 @@ def build_model(
 
 def export_saved_model(model, dest: Path, seq_len: int) -> Path:
     """Write `model` as a SavedModel whose serving_default takes int32 [1, seq_len] `token_ids`."""
-    from toolchain.deps import import_tensorflow
+    from edgebase.deps import import_tensorflow
 
     tf = import_tensorflow()
 
@@ -327,7 +327,7 @@ def make_text_classifier(out_dir: Path, *, seq_len: int = 32, epochs: int = 8, s
     for the same arguments. On 2 CPU cores the default 8 epochs train in about 25 s (val accuracy ~99.6 %);
     3 epochs take about 14 s and reach ~99 %.
     """
-    from toolchain.deps import import_tensorflow
+    from edgebase.deps import import_tensorflow
 
     import_tensorflow()  # before Keras imports it, so TF's start-up logs stay quiet
     import keras

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.deps import require, version_of
+from edgebase.deps import require, version_of
 from toolchain.errors import ExportError
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"

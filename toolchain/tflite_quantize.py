@@ -96,7 +96,7 @@ class TFLiteQuantizer:
     def __init__(
         self, saved_model: Path, calibration: np.ndarray | None, *, int8_output: bool, log: Path
     ) -> None:
-        from toolchain.deps import import_tensorflow, output_to
+        from edgebase.deps import import_tensorflow, output_to
 
         self.log = log
         with output_to(log):
@@ -120,7 +120,7 @@ class TFLiteQuantizer:
         return self.tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model))
 
     def _convert(self, converter, what: str) -> bytes:
-        from toolchain.deps import output_to
+        from edgebase.deps import output_to
 
         try:
             with output_to(self.log):
@@ -193,7 +193,7 @@ class TFLiteQuantizer:
         """Full-integer INT8, except the ops whose output tensors are named in `keep_float`."""
         from tensorflow.lite.python import convert
 
-        from toolchain.deps import output_to
+        from edgebase.deps import output_to
 
         input_type, output_type = self._io_types()
         calibrated = self.calibrated()

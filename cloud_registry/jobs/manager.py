@@ -44,6 +44,7 @@ from cloud_registry.jobs.verdict import decide
 from cloud_registry.storage import ArtifactStore
 from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
+from edgebundle.manifest import Manifest
 from registry_api import retraining as rs
 from registry_api import schemas
 
@@ -59,16 +60,15 @@ class StageError(Exception):
 
 def _class_names(session: Session, job: m.RetrainingJob) -> list[str]:
     parent = crud.get_version(session, model=job.model.name, version=job.parent_version)
-    manifest = parent.artifacts[0].manifest if parent.artifacts else {}
-    return list((manifest.get("postprocessing") or {}).get("labels") or [])
+    return list(parent.artifacts[0].bundle_manifest().postprocessing.labels) if parent.artifacts else []
 
 
-def source_input_shape(manifest: dict[str, Any]) -> list[int]:
+def source_input_shape(manifest: Manifest) -> list[int]:
     """The model's input shape in its source's layout (a TFLite bundle's artifact takes NHWC)."""
-    spec = manifest["artifacts"][0]["inputs"][0]
-    shape = [d if d > 0 else 1 for d in spec["shape"]]
-    keras = manifest["source"]["kind"] in ("keras", "saved-model")
-    if spec.get("layout") == "NHWC" and len(shape) == 4 and not keras:
+    spec = manifest.artifacts[0].inputs[0]
+    shape = [d if d > 0 else 1 for d in spec.shape]
+    keras = manifest.source.kind in ("keras", "saved-model")
+    if spec.layout == "NHWC" and len(shape) == 4 and not keras:
         return [shape[0], shape[3], shape[1], shape[2]]
     return shape
 
@@ -372,18 +372,18 @@ class JobManager:
             parent = crud.get_version(session, model=model.name, version=job.parent_version)
             if not parent.artifacts:
                 raise StageError(f"{model.name} v{parent.version} has no bundle")
-            primary = parent.artifacts[0].manifest
+            primary = parent.artifacts[0].bundle_manifest()
             if not self.store.exists(parent.source_sha256):
                 raise StageError(
                     f"the registry does not hold the source model (the weights) of {model.name} v{parent.version}; "
-                    f"upload it: edgectl retrain source {model.name} {parent.version} {primary['source']['filename']}"
+                    f"upload it: edgectl retrain source {model.name} {parent.version} {primary.source.filename}"
                 )
             workdir = settings.jobs_path / f"job-{job.id}" / f"attempt-{job.attempt}"
             workdir.mkdir(parents=True, exist_ok=True)
             parent_model = samples.copy_to(
                 self.store,
                 parent.source_sha256,
-                workdir / "parent" / Path(primary["source"]["filename"]).name,
+                workdir / "parent" / Path(primary.source.filename).name,
             )
             parent_bundles = {
                 a.target: samples.copy_to(
@@ -414,9 +414,9 @@ class JobManager:
                     f"{policy.evaluation.min_holdout} (label more samples, or lower evaluation.min_holdout)"
                 )
             gates = [
-                a.manifest["validation"]["max_drop_points"]
-                for a in parent.artifacts
-                if a.manifest.get("validation")
+                manifest.validation.max_drop_points
+                for manifest in (a.bundle_manifest() for a in parent.artifacts)
+                if manifest.validation is not None
             ]
             spec = JobSpec(
                 job_id=job.id,
@@ -431,8 +431,8 @@ class JobManager:
                 parent_model=parent_model,
                 train_data=workdir / "data" / "train.npz",
                 holdout_data=workdir / "data" / "holdout.npz",
-                labels=list(primary["postprocessing"].get("labels") or []),
-                preprocessing=primary["preprocessing"],
+                labels=list(primary.postprocessing.labels),
+                preprocessing=primary.preprocessing.model_dump(mode="json"),
                 input_shape=source_input_shape(primary),
                 targets={a.target: a.precision for a in parent.artifacts},
                 parent_bundles=parent_bundles,

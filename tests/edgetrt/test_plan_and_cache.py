@@ -42,6 +42,8 @@ def test_plans_follow_the_profile():
     nx = _plan("jetson-orin-nx", "int8", use_dla=True, dla_core=1)
     assert nx.dla_core == 1 and "GPU_FALLBACK" in nx.builder_flags
     assert "--useDLACore=1" in nx.trtexec and "--allowGPUFallback" in nx.trtexec
+    strict = _plan("jetson-orin-nx", "int8", use_dla=True, allow_gpu_fallback=False)
+    assert "GPU_FALLBACK" not in strict.builder_flags and "--allowGPUFallback" not in strict.trtexec
 
 
 def test_trtexec_lines_use_the_flags_of_the_profiles_tensorrt():

@@ -301,11 +301,11 @@ def test_size_over_the_guidance_warns_and_still_exports(bundles, keys, tmp_path,
 
 
 def test_without_coremltools_the_package_is_copied_unstamped(bundles, keys, tmp_path, capsys, monkeypatch):
-    import toolchain.deps
+    import edgebase.deps
 
-    real = toolchain.deps.is_available
+    real = edgebase.deps.is_available
     monkeypatch.setattr(
-        toolchain.deps, "is_available", lambda module: module != "coremltools" and real(module)
+        edgebase.deps, "is_available", lambda module: module != "coremltools" and real(module)
     )
     out = tmp_path / "app"
     result = _export(capsys, bundles / "digits-v1-ios", out, keys[1], "--json")

@@ -257,6 +257,39 @@ def test_schema_rejects(tmp_path, change, field):
         load_profiles(extra_dirs=[path.parent])
 
 
+@pytest.mark.parametrize(
+    ("profile", "options", "field"),
+    [
+        ("jetson-nano", {"workspce_mb": 512}, "workspce_mb"),  # a typo no longer passes silently
+        ("jetson-nano", {"workspace_mb": 0}, "workspace_mb"),
+        ("ios", {"compute_units": "NEURAL_ONLY"}, "compute_units"),
+        ("android", {"delegates": ["tpu"]}, "delegates"),
+        (
+            "cpu",
+            {"execution_provider": "CUDAExecutionProvider"},
+            "execution_provider",
+        ),  # never read, so refused
+        ("nano33-ble", {"flash_reserved_kb": -1}, "flash_reserved_kb"),
+    ],
+)
+def test_options_are_typed_per_runtime(tmp_path, profile, options, field):
+    data = yaml.safe_load((SHIPPED_DIR / f"{profile}.yaml").read_text())
+    data["options"] = {**(data.get("options") or {}), **options}
+    path = _user_profile(tmp_path, profile, yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match=rf"options\.{field}") as info:
+        load_profiles(extra_dirs=[path.parent])
+    assert "profile's options:" in str(info.value)  # the keys that runtime does take
+
+
+def test_runtime_options_fill_the_defaults():
+    nano, nx, android = get_profile("jetson-nano"), get_profile("jetson-orin-nx"), get_profile("android")
+    assert nano.runtime_options().workspace_mb == 1024 and nano.runtime_options().use_dla is False
+    assert nx.runtime_options().allow_gpu_fallback is True
+    assert android.runtime_options().delegates == ["gpu", "nnapi", "xnnpack"]
+    assert get_profile("rpi5").runtime_options().delegates == ["xnnpack"]
+    assert get_profile("cpu").options == {}
+
+
 def test_file_stem_must_match_profile_name(tmp_path, monkeypatch):
     _user_profile(tmp_path, "one").rename(tmp_path / "two.yaml")
     monkeypatch.setenv(ENV_VAR, str(tmp_path))

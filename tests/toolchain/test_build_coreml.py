@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgebase import deps
 from tests.cli import build_flags, run
 
 pytestmark = pytest.mark.slow
@@ -357,8 +358,8 @@ def test_runner_reads_the_spec_and_refuses_to_predict_off_macos(yolo_ios):
 @pytest.fixture(scope="module")
 def digits_plan(digits):
     """How the converter plans the digits classifier, and what the structural checks expect of it."""
+    from edgebase.deps import version_of
     from toolchain import coreml_checks, coreml_model
-    from toolchain.deps import version_of
     from toolchain.sources import resolve_source
 
     source = resolve_source(str(digits.model))
@@ -393,10 +394,10 @@ def digits_plan(digits):
 
 def _checked(plan, expected, source, tmp_path: Path) -> dict[str, bool]:
     """Convert `plan` as the converter does, save, read back, check: {check name: passed}."""
+    from edgebase.deps import version_of
     from toolchain import coreml_checks, coreml_model
-    from toolchain.deps import version_of
 
-    ct = coreml_model.import_coremltools()
+    ct = deps.import_coremltools()
     mlmodel = coreml_model.convert(ct, plan)
     weights = coreml_model.weights_report("fp16", 16, None, 0, "fp16")
     coreml_model.describe(
@@ -485,7 +486,7 @@ def test_an_operation_coremltools_cannot_convert_is_an_error_with_a_hint():
         def forward(self, x):
             return torch.linalg.inv(x[0, 0] + torch.eye(4))  # traced on zeros: keep it invertible
 
-    ct = coreml_model.import_coremltools()
+    ct = deps.import_coremltools()
     plan = coreml_model.Conversion(module=Inverse(), input_shape=[1, 1, 4, 4], image=None, output_names=["y"])
     with pytest.raises(ExportError, match=r"cannot convert the model \(operator linalg_inv\)") as caught:
         coreml_model.convert(ct, plan)
@@ -534,7 +535,7 @@ def test_torch_export_source_converts(tmp_path):
         image=image,
         output_names=["logits"],
     )
-    ct = coreml_model.import_coremltools()
+    ct = deps.import_coremltools()
     coreml_model.convert(ct, plan).save(str(tmp_path / "model.mlpackage"))
     info = coreml_checks.read_package(tmp_path / "model.mlpackage")
     assert [(f.name, f.kind, f.shape) for f in info.inputs] == [("image", "image", [1, 32, 32])]

@@ -123,7 +123,7 @@ def test_output_directory_not_writable(digits, keys, tmp_path, capsys):
 
 
 def test_missing_optional_dependency_names_the_extra(digits, keys, tmp_path, capsys, monkeypatch):
-    from toolchain import deps
+    from edgebase import deps
 
     real = deps.is_available
     monkeypatch.setattr(deps, "is_available", lambda module: module != "onnxruntime" and real(module))

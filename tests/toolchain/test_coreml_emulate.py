@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgebase import deps
+
 pytestmark = pytest.mark.slow
 
 
@@ -77,7 +79,7 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     from toolchain.coreml_emulate import emulate
 
     path, source = reference
-    ct = coreml_model.import_coremltools()
+    ct = deps.import_coremltools()
     image = coreml_model.image_input(Preprocessing(color="GRAY"), [1, 1, 32, 32])
     plan = coreml_model.Conversion(
         module=coreml_model.source_module(source), input_shape=[1, 1, 32, 32], image=image

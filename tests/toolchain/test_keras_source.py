@@ -55,7 +55,7 @@ def exported_from_saved_model(dynamic_saved_model: Path, tmp_path_factory: pytes
 
 
 def _tf():
-    from toolchain.deps import import_tensorflow
+    from edgebase.deps import import_tensorflow
 
     return import_tensorflow()
 

@@ -292,11 +292,11 @@ def test_the_clis_sparse_reg_default_is_the_requests():
 
 
 def test_missing_torch_pruning_names_the_extra(digits, tmp_path, capsys, monkeypatch):
-    import toolchain.deps
+    import edgebase.deps
 
-    available = toolchain.deps.is_available
+    available = edgebase.deps.is_available
     monkeypatch.setattr(
-        toolchain.deps, "is_available", lambda name: name != "torch_pruning" and available(name)
+        edgebase.deps, "is_available", lambda name: name != "torch_pruning" and available(name)
     )
     out = tmp_path / "out"
     result = run(capsys, "optimize", digits.model, *_optimize_flags(out, digits.val, digits.val))

@@ -48,3 +48,29 @@ def test_registering_twice_fails():
             runtime = "onnxruntime"
 
     assert "warp-drive" not in KNOWN_RUNTIMES
+
+
+def test_every_runtime_row_has_a_converter_a_runner_and_a_real_extra():
+    """A row in targets/runtimes.py is a promise: something builds it and something runs it on the host."""
+    import tomllib
+
+    from targets.runtimes import RUNTIMES
+
+    extras = tomllib.loads((TESTS.parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert set(RUNTIMES) == set(KNOWN_RUNTIMES) == set(CONVERTERS)
+    assert set(RUNTIMES) <= set(RUNNERS)
+    for row in RUNTIMES.values():
+        assert row.extra in extras, row
+        assert row.suffixes and all(s.startswith(".") for s in row.suffixes), row
+
+
+def test_suffixes_name_one_runtime_each_and_the_longest_wins():
+    from toolchain.runners import runtime_for
+
+    assert runtime_for(Path("m.micro.tflite")) == "tflite-micro"
+    assert runtime_for(Path("m.tflite")) == "tflite"
+    assert runtime_for(Path("m.ORT")) == "onnxruntime"
+    with pytest.raises(KeyError):
+        runtime_for(Path("m.bin"))

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from edgebase.deps import is_available
 from edgebundle.manifest import LayerRepair, NMSParams, Precision, Preprocessing, ValidationReport
 from targets import TargetProfile
-from toolchain.deps import is_available
+from targets.runtimes import RUNTIME_NAMES
 from toolchain.errors import (
     CalibrationError,
     ConverterUnavailableError,
@@ -25,9 +26,9 @@ if TYPE_CHECKING:
     from toolchain.sources import SourceModel
     from toolchain.speed import SpeedCheck
 
-# Every runtime a target profile may name; those without a registered converter
-# fail with ConverterUnavailableError until their converter lands.
-KNOWN_RUNTIMES = ("onnxruntime", "tflite", "tensorrt", "coreml", "tflite-micro")
+# Every runtime a target profile may name (the rows of targets/runtimes.py); those without a
+# registered converter fail with ConverterUnavailableError until their converter lands.
+KNOWN_RUNTIMES = RUNTIME_NAMES
 
 
 @dataclass

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
+from edgebase.deps import import_coremltools, output_to, version_of
 from edgebundle.manifest import CoreMLReport, NMSParams
 from toolchain.converters.base import BuildContext, ConvertedArtifact, Converter, ConverterResult, register
-from toolchain.deps import output_to, version_of
 from toolchain.errors import UserInputError
 
 PACKAGE = "model.mlpackage"
@@ -42,14 +42,14 @@ class CoreMLConverter(Converter):
         from toolchain import coreml_checks, coreml_detector
         from toolchain import coreml_model as cm
 
-        options = ctx.profile.options
-        if options.get("convert_to", "mlprogram") != "mlprogram":
+        options = ctx.profile.runtime_options()
+        if options.convert_to != "mlprogram":
             raise UserInputError(
-                f"target {ctx.profile.name} asks for Core ML {options['convert_to']!r}; edgectl builds ML Programs",
+                f"target {ctx.profile.name} asks for Core ML {options.convert_to!r}; edgectl builds ML Programs",
                 hint="set options.convert_to: mlprogram in the target profile",
             )
-        target = str(options.get("minimum_deployment_target", "iOS16"))
-        units = str(options.get("compute_units", "ALL"))
+        target = options.minimum_deployment_target
+        units = options.compute_units
         if units not in cm.COMPUTE_UNITS:
             raise UserInputError(
                 f"target {ctx.profile.name} names Core ML compute units {units!r}",
@@ -67,7 +67,7 @@ class CoreMLConverter(Converter):
         compute = "fp32" if ctx.precision == "fp32" else "fp16"
         log = ctx.workdir / "coreml.log"
         with output_to(log):  # coremltools' import warnings and progress bars, Ultralytics' summaries
-            ct = cm.import_coremltools()
+            ct = import_coremltools()
             module = cm.source_module(ctx.source)
         versions = {"coremltools": version_of("coremltools"), "torch": version_of("torch")}
         image = cm.image_input(ctx.preprocessing, ctx.input_shape)

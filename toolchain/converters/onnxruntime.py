@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 
+from edgebase.deps import version_of
 from toolchain.converters.base import (
     BuildContext,
     ConvertedArtifact,
@@ -18,7 +19,6 @@ from toolchain.converters.base import (
     require_calibration,
     require_fast_int8,
 )
-from toolchain.deps import version_of
 from toolchain.errors import UserInputError
 
 

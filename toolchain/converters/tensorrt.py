@@ -31,6 +31,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from edgebase.deps import is_available, version_of
 from toolchain.converters.base import (
     BuildContext,
     ConvertedArtifact,
@@ -39,7 +40,6 @@ from toolchain.converters.base import (
     register,
     require_calibration,
 )
-from toolchain.deps import is_available, version_of
 from toolchain.errors import UserInputError
 
 FP16_NOTE = (
@@ -105,7 +105,7 @@ class TensorRTConverter(Converter):
             explicit_quantization=ctx.precision == "int8",
             input_shapes={ctx.input_name: list(ctx.input_shape)},
             opset=opset,
-            options=profile.options,
+            options=profile.runtime_options().model_dump(),
             tensorrt_version=profile.runtime_versions.get("tensorrt"),
             compute_capability=accelerator.compute_capability if accelerator else None,
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from edgebase.deps import version_of
 from edgebundle.manifest import LayerRepair, ValidationReport
 from toolchain.converters.base import (
     BuildContext,
@@ -34,7 +35,6 @@ from toolchain.converters.base import (
     register,
     require_fast_int8,
 )
-from toolchain.deps import version_of
 from toolchain.errors import UserInputError
 
 # Selective quantization may keep at most this share of the ranked ops in float before int16 is tried.
@@ -64,7 +64,7 @@ class TFLiteConverter(Converter):
         versions = {"tensorflow": version_of("tensorflow"), "ai-edge-litert": version_of("ai-edge-litert")}
         if ctx.saved_model is None:
             versions["onnx2tf"] = version_of("onnx2tf")
-        companions = list(ctx.profile.options.get("companion_artifacts", []))
+        companions = list(ctx.profile.runtime_options().companion_artifacts)
         unknown = sorted(set(companions) - set(COMPANIONS))
         if unknown:
             raise UserInputError(
@@ -231,7 +231,7 @@ class TFLiteConverter(Converter):
         onnx_model = result.artifacts[0].path
         from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-        from toolchain.deps import output_to
+        from edgebase.deps import output_to
 
         out = workdir / "converted"
         with output_to(workdir / "convert.log"):

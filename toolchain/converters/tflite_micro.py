@@ -24,9 +24,9 @@ fails at the pipeline's gate like every target's.
 
 from __future__ import annotations
 
+from edgebase.deps import version_of
 from targets import load_profiles
 from toolchain.converters.base import BuildContext, ConvertedArtifact, Converter, ConverterResult, register
-from toolchain.deps import version_of
 from toolchain.errors import UserInputError
 
 ARTIFACT = "model_int8.micro.tflite"  # the compound suffix routes it to the TFLM runner

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from toolchain.deps import require, version_of
+from edgebase.deps import require, version_of
 from toolchain.errors import AccuracyGateError, UserInputError
 from toolchain.optimize.request import (
     Attempt,

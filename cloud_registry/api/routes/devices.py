@@ -9,10 +9,11 @@ from fastapi import Path as PathParam
 
 from cloud_registry import crud
 from cloud_registry.api.deps import Admin, Deployer, ReadOnly, RegistryDep, SessionDep
+from edgebase.ids import SLUG_PATTERN
 from registry_api import schemas
 
 router = APIRouter(tags=["devices"])
-DeviceName = Annotated[str, PathParam(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+DeviceName = Annotated[str, PathParam(pattern=SLUG_PATTERN)]
 
 
 @router.post("/enrollment-tokens", status_code=201, summary="Create a one-time enrollment token")

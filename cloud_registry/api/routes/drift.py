@@ -9,6 +9,7 @@ from fastapi import Path as PathParam
 
 from cloud_registry import crud, drift
 from cloud_registry.api.deps import ReadOnly, SessionDep
+from edgebase.ids import NAME_PATTERN
 from registry_api import retraining as rs
 from registry_api import schemas
 
@@ -17,7 +18,7 @@ router = APIRouter(tags=["retraining"])
 
 @router.get("/models/{name}/drift", summary="Drift scores of a model, oldest first")
 def drift_history(
-    name: Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)],
+    name: Annotated[str, PathParam(pattern=NAME_PATTERN)],
     session: SessionDep,
     principal: ReadOnly,
     version: Annotated[int | None, Query(ge=1, le=schemas.INT32_MAX)] = None,

@@ -10,8 +10,8 @@ from fastapi.responses import PlainTextResponse
 
 from cloud_registry.api.deps import Deployer, ReadOnly, SessionDep
 from cloud_registry.jobs import manager
+from edgebase.ids import NAME_PATTERN
 from registry_api import retraining as rs
-from registry_api import schemas
 
 router = APIRouter(prefix="/jobs", tags=["retraining"])
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
@@ -21,7 +21,7 @@ JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 def list_jobs(
     session: SessionDep,
     principal: ReadOnly,
-    model: Annotated[str | None, Query(pattern=schemas.NAME_RE.pattern)] = None,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     state: Annotated[rs.JobState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[rs.JobInfo]:

@@ -14,11 +14,12 @@ from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from cloud_registry.api.uploads import BINARY_BODY, received
 from cloud_registry.service import Registry
 from cloud_registry.verify import verify_trusted
+from edgebase.ids import NAME_PATTERN
 from edgebundle.errors import BundleError
 from registry_api import schemas
 
 router = APIRouter(tags=["models"])
-ModelName = Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]
+ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN)]
 AliasName = Annotated[str, PathParam(pattern=schemas.ALIAS_RE)]
 VersionNumber = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 UNPACK_FACTOR = 4  # an archive may unpack to this many times its upload limit

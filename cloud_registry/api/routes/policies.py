@@ -12,11 +12,12 @@ from cloud_registry import crud, retraining, samples
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from cloud_registry.api.uploads import BINARY_BODY, received
 from cloud_registry.jobs.manager import job_info
+from edgebase.ids import NAME_PATTERN
 from registry_api import retraining as rs
 from registry_api import schemas
 
 router = APIRouter(tags=["retraining"])
-ModelName = Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]
+ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN)]
 VersionNumber = Annotated[int, PathParam(ge=1, le=schemas.INT32_MAX)]
 
 

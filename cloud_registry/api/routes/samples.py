@@ -10,13 +10,14 @@ from fastapi import Path as PathParam
 from cloud_registry import crud, samples
 from cloud_registry import models as m
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
+from edgebase.ids import NAME_PATTERN
 from edgewire.device_api import SampleUploadSettings
 from registry_api import retraining as rs
 from registry_api import schemas
 
 router = APIRouter(tags=["samples and labels"])
 GroupName = Annotated[str, PathParam(pattern=schemas.GROUP_RE)]
-ModelName = Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]
+ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN)]
 SampleId = Annotated[str, PathParam(pattern=rs.SAMPLE_ID_RE)]
 
 

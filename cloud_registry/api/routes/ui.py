@@ -19,7 +19,7 @@ from sqlalchemy import select
 from cloud_registry import charts, crud, rollouts
 from cloud_registry import models as m
 from cloud_registry.api.deps import UI_COOKIE, RegistryDep, SessionDep
-from registry_api import schemas
+from edgebase.ids import NAME_PATTERN, SLUG_PATTERN
 
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
@@ -95,7 +95,7 @@ def fleet(request: Request, session: SessionDep, registry: RegistryDep) -> Respo
 
 @router.get("/models/{name}", response_class=HTMLResponse)
 def model_page(
-    request: Request, session: SessionDep, name: Annotated[str, PathParam(pattern=schemas.NAME_RE.pattern)]
+    request: Request, session: SessionDep, name: Annotated[str, PathParam(pattern=NAME_PATTERN)]
 ) -> Response:
     model = crud.get_model(session, name=name)
     versions = [crud.version_info(v, model) for v in reversed(model.versions)]
@@ -208,7 +208,7 @@ def device_page(
     request: Request,
     session: SessionDep,
     registry: RegistryDep,
-    name: Annotated[str, PathParam(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")],
+    name: Annotated[str, PathParam(pattern=SLUG_PATTERN)],
 ) -> Response:
     device = crud.get_device(session, name=name)
     points = crud.device_points(session, device=device, limit=500)  # raw, then hourly past the retention

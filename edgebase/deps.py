@@ -12,7 +12,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from toolchain.errors import MissingDependencyError
+from edgebase.errors import MissingDependencyError
 
 
 @cache
@@ -77,3 +77,38 @@ def output_to(log: Path):
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
+
+
+def import_coremltools():
+    """coremltools, without TensorFlow.
+
+    coremltools imports TensorFlow when it is installed, only to offer its TensorFlow converters, which
+    edgectl does not use. That costs about 5 s, and TensorFlow's LLVM loaded before Triton's makes Triton
+    crash (see `import_tensorflow`). TensorFlow is hidden while coremltools is imported; one
+    that is already imported stays as it is.
+    """
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    hide = "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # `import tensorflow` raises ImportError
+    try:
+        with output_to(
+            Path(os.devnull)
+        ):  # "not tested with torch 2.x", "Failed to load _MLModelProxy" (Linux)
+            import coremltools
+    finally:
+        if hide:
+            sys.modules.pop("tensorflow", None)
+    return coremltools
+
+
+def import_quietly(module: str):
+    """Import `module`, through the quiet, ordered imports above for TensorFlow and coremltools."""
+    import importlib
+
+    if module.split(".")[0] == "tensorflow":
+        import_tensorflow()
+    elif module.split(".")[0] == "coremltools":
+        import_coremltools()
+    return importlib.import_module(module)
