@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from device_agent.errors import RuntimeUnavailable
-from edgebundle.manifest import Artifact, Manifest, TensorSpec
+from edgebundle.manifest import ORT_DTYPES, Artifact, Manifest, TensorSpec
 from targets.runtimes import RUNTIMES as RUNTIME_FACTS
 
 if TYPE_CHECKING:
@@ -142,16 +142,6 @@ def open_session(bundle_dir: Path, manifest: Manifest, options: SessionOptions) 
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(uint8)": "uint8",
-    "tensor(int8)": "int8",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
-    "tensor(double)": "float64",
-}
 # Preferred order when `providers` is auto: the fastest the installed build has.
 _ORT_AUTO = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -197,7 +187,7 @@ class OnnxRuntimeSession:
             spec = next((s for s in specs if s.name == value.name and s.quantization is not None), None)
             quantization = (spec.quantization.scale, spec.quantization.zero_point) if spec else None
             return TensorInfo(
-                value.name, _static(value.shape), _ORT_TYPES.get(value.type, "float32"), quantization
+                value.name, _static(value.shape), ORT_DTYPES.get(value.type, "float32"), quantization
             )
 
         self.inputs = [info(v, artifact.inputs) for v in self._session.get_inputs()]

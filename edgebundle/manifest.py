@@ -34,6 +34,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# ONNX Runtime's names for tensor element types, as the numpy dtype names a TensorSpec holds.
+# The host runners, the export checks and the agent read ONNX Runtime's sessions through this one map.
+ORT_DTYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
 class TensorSpec(_Model):
     """One input or output tensor of an artifact, exactly as the runtime sees it."""
 

@@ -8,16 +8,13 @@ half-written model that a later build would trust.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgebase.deps import require, version_of
-from edgebundle.manifest import TensorSpec
+from edgebundle.manifest import ORT_DTYPES, TensorSpec
+from toolchain.cache import cache_key, cached
 from toolchain.errors import ExportError, UserInputError
 from toolchain.sources import SOURCE_KINDS, SourceModel, load_torch_module
 
@@ -47,11 +44,6 @@ def export_opset(source: SourceModel, ceiling: int, preferred: int) -> int:
         if current > 0:
             return min(current, ceiling)
     return min(preferred, ceiling)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGECTL_CACHE_DIR") or Path.home() / ".cache" / "edgectl"
-    return Path(root) / "onnx"
 
 
 def onnx_input_shape(path: Path) -> list[int]:
@@ -139,7 +131,7 @@ def _cache_key(source: SourceModel, shape: list[int], opset: int) -> str:
         "opset": opset,
         "versions": [version_of(d) for d in ("edgectl", "torch", "onnx", "onnxslim", "ultralytics")],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_key(payload)
 
 
 def export_onnx(source: SourceModel, shape: list[int], opset: int) -> tuple[Path, bool]:
@@ -151,20 +143,18 @@ def export_onnx(source: SourceModel, shape: list[int], opset: int) -> tuple[Path
         raise UserInputError(
             f"the input shape {shape} is not fully known", hint="pass --input-shape, e.g. 1,3,224,224"
         )
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{_cache_key(source, shape, opset)}.onnx"
-    if final.is_file():
-        return final, True
-    with tempfile.TemporaryDirectory(prefix="edgectl-export-", dir=directory) as tmp:
-        raw = Path(tmp) / "raw.onnx"
+
+    def make(work: Path) -> Path:
+        raw = work / "raw.onnx"
         kind.export(source, shape, raw, opset)
-        staged = Path(tmp) / "model.onnx"
+        staged = work / "model.onnx"
         _finalize(raw, staged, shape)
         if source.kind != "onnx":
             check_export(source, staged, shape)
-        os.replace(staged, final)
-    return final, False
+        return staged
+
+    name = f"{_cache_key(source, shape, opset)}.onnx"
+    return cached("onnx", name, make, complete=Path.is_file, prefix="edgectl-export-")
 
 
 def check_export(source: SourceModel, onnx_path: Path, shape: list[int], atol: float = 1e-3) -> None:
@@ -522,7 +512,7 @@ def _check_same_outputs(original, converted, shape, filename: str, target: int, 
             if len(sessions[0].get_inputs()) == 1
             else [d if isinstance(d, int) else 1 for d in arg.shape]
         )
-        dtype = np.dtype(_ORT_TYPES.get(arg.type, "float32"))
+        dtype = np.dtype(ORT_DTYPES.get(arg.type, "float32"))
         feed[arg.name] = (
             rng.random(dims).astype(dtype)
             if dtype.kind == "f"
@@ -547,15 +537,3 @@ def _check_same_outputs(original, converted, shape, filename: str, target: int, 
                 f"{filename}: converted to opset {target} ({how}), output {index} differs from the original's",
                 hint=hint,
             )
-
-
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from edgebase.deps import require
-from edgebundle.manifest import QuantParams, TensorSpec
+from edgebundle.manifest import ORT_DTYPES, QuantParams, TensorSpec
 from targets.runtimes import RUNTIMES, runtime_for_suffix
 from toolchain.micro_runtime import MicroRunner
 
@@ -31,16 +31,6 @@ class Runner(Protocol):
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]: ...
 
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(uint8)": "uint8",
-    "tensor(int8)": "int8",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-}
-
-
 class OnnxRuntimeRunner:
     """ONNX Runtime on the CPU with a fixed thread count (the target profile's)."""
 
@@ -57,7 +47,7 @@ class OnnxRuntimeRunner:
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
-        self.input_dtype = np.dtype(_ORT_TYPES.get(first.type, "float32"))
+        self.input_dtype = np.dtype(ORT_DTYPES.get(first.type, "float32"))
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         return batch.astype(self.input_dtype, copy=False)
@@ -68,7 +58,7 @@ class OnnxRuntimeRunner:
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         def spec(value) -> TensorSpec:
             shape = [d if isinstance(d, int) and d > 0 else -1 for d in value.shape]
-            return TensorSpec(name=value.name, shape=shape, dtype=_ORT_TYPES.get(value.type, "float32"))
+            return TensorSpec(name=value.name, shape=shape, dtype=ORT_DTYPES.get(value.type, "float32"))
 
         return [spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()]
 

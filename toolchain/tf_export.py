@@ -29,32 +29,29 @@ Two traps are handled here:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgebase.deps import require, version_of
+from toolchain.cache import cache_key, cached
 from toolchain.errors import ExportError
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 SAMPLE_COUNT = 20
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("EDGECTL_CACHE_DIR") or Path.home() / ".cache" / "edgectl"
-    return Path(root) / "saved_model"
-
-
 def _cache_key(onnx_path: Path) -> str:
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    versions = [version_of(d) for d in ("edgectl", "onnx2tf", "tensorflow", "onnx")]
-    return hashlib.sha256(json.dumps([digest, versions]).encode()).hexdigest()[:32]
+    return cache_key([digest, [version_of(d) for d in ("edgectl", "onnx2tf", "tensorflow", "onnx")]])
+
+
+def _has_saved_model(path: Path) -> bool:
+    return (path / "saved_model.pb").is_file()
 
 
 def _sample_inputs(calibration: np.ndarray | None, nchw_shape: list[int]) -> np.ndarray:
@@ -71,13 +68,7 @@ def onnx_to_saved_model(onnx_path: Path, calibration: np.ndarray | None = None) 
     require("tensorflow", extra="tflite", purpose="converting ONNX to TensorFlow")
     from toolchain.onnx_export import onnx_input_shape
 
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / _cache_key(onnx_path)
-    if (final / "saved_model.pb").is_file():
-        return final, True
-    with tempfile.TemporaryDirectory(prefix="edgectl-onnx2tf-", dir=directory) as tmp:
-        work = Path(tmp)
+    def make(work: Path) -> Path:
         shape = onnx_input_shape(onnx_path)
         if len(shape) == 4:
             np.save(work / SAMPLE_FILE, _sample_inputs(calibration, shape))
@@ -99,12 +90,11 @@ def onnx_to_saved_model(onnx_path: Path, calibration: np.ndarray | None = None) 
             )
         for leftover in out.glob("*.tflite"):  # onnx2tf's own float files; we convert ourselves
             leftover.unlink()
-        try:
-            os.replace(out, final)
-        except OSError:  # another build filled the cache first
-            if not (final / "saved_model.pb").is_file():
-                raise
-    return final, False
+        return out
+
+    return cached(
+        "saved_model", _cache_key(onnx_path), make, complete=_has_saved_model, prefix="edgectl-onnx2tf-"
+    )
 
 
 def keras_saved_model(source, shape: list[int]) -> tuple[Path, bool]:
@@ -112,20 +102,14 @@ def keras_saved_model(source, shape: list[int]) -> tuple[Path, bool]:
     require("tensorflow", extra="tflite", purpose="reading a Keras model")
     from toolchain.keras_source import to_saved_model
 
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     payload = [source.sha256, source.kind, shape, [version_of(d) for d in ("edgectl", "tensorflow", "keras")]]
-    final = directory / f"keras-{hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]}"
-    if (final / "saved_model.pb").is_file():
-        return final, True
-    with tempfile.TemporaryDirectory(prefix="edgectl-keras-", dir=directory) as tmp:
-        out = to_saved_model(Path(source.location), shape, Path(tmp) / "saved_model")
-        try:
-            os.replace(out, final)
-        except OSError:  # another build filled the cache first
-            if not (final / "saved_model.pb").is_file():
-                raise
-    return final, False
+    return cached(
+        "saved_model",
+        f"keras-{cache_key(payload)}",
+        lambda work: to_saved_model(Path(source.location), shape, work / "saved_model"),
+        complete=_has_saved_model,
+        prefix="edgectl-keras-",
+    )
 
 
 def _import_root() -> str:
