@@ -30,6 +30,13 @@ MB = 1024 * 1024
 PUBLIC_KEY_ENV = "EDGECTL_PUBLIC_KEY"
 
 
+def template(name: str) -> str:
+    """A Kotlin or Swift source fragment from `mobile_export/templates/` (placeholders are `@NAME@`)."""
+    from importlib.resources import files
+
+    return (files("mobile_export") / "templates" / name).read_text(encoding="utf-8")
+
+
 class UserInputError(HintedError):
     """A flag, path or bundle given to an exporter is wrong (printed as `error:` and `hint:`, exit 2)."""
 

@@ -1,0 +1,2 @@
+
+    fun run(bitmap: Bitmap): List<FloatArray> = run(listOf(inputFromBitmap(bitmap)))
