@@ -3,7 +3,7 @@
 Builds the digits CNN and a YOLO11n trained from its Ultralytics yaml on the generated shapes data for
 the `ios` target in FP32, FP16, INT8 weights and 8-, 6- and 4-bit palettized weights, and records the
 package size, the weight file size, the ratio to FP16, the task metric (top-1 or mAP50-95) against FP32
-and the build time. Off macOS the metric is the FP16 emulation's (toolchain/coreml_emulate.py), which the
+and the build time. Off macOS the metric is the FP16 emulation's (toolchain/backends/coreml/emulate.py), which the
 table says; no latency is measured (Core ML runs on Apple devices only).
 
 Writes benchmarks/results/coreml_sizes.{json,md}.

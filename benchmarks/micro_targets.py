@@ -1,7 +1,7 @@
 """Benchmark: microcontroller targets. Two models through every TFLite Micro board profile.
 
 - the reference model: the digits CNN at the scans' native 8x8 with 8/16/32 channels
-  (`toolchain.micro_samples`);
+  (`toolchain.backends.tflite_micro.samples`);
 - the demo model at full size: 32x32 input, 32/64/128 channels (`toolchain.demo`).
 
 For each (model, board): whether it fits, flash (model bytes measured, interpreter and kernels
@@ -61,9 +61,9 @@ def _row(model: str, target: str, fit, manifest, seconds: float) -> dict:
 def bench(work: Path, runs: int) -> tuple[list[dict], dict[str, str]]:
     from edgebundle import generate_keypair
     from targets import load_profiles
+    from toolchain.backends.tflite_micro.fit import MemoryFitError
+    from toolchain.backends.tflite_micro.samples import REFERENCE_SHAPE, train_micro_reference
     from toolchain.demo import IMAGE_SIZE, train_digits_model
-    from toolchain.micro_fit import MemoryFitError
-    from toolchain.micro_samples import REFERENCE_SHAPE, train_micro_reference
     from toolchain.pipeline import BuildRequest, build
 
     key, _ = generate_keypair(work / "keys")

@@ -66,7 +66,7 @@ def demo_command(
                 BuildRequest(targets=quantized, precision="fp32", name="digits-cnn-fp32", **common), reporter
             )
         if micro:
-            from toolchain.micro_samples import REFERENCE_SHAPE, train_micro_reference
+            from toolchain.backends.tflite_micro.samples import REFERENCE_SHAPE, train_micro_reference
 
             reporter.stage("training the 8x8 digits CNN for microcontrollers")
             small = train_micro_reference(out / "data-micro", epochs=epochs, progress=reporter.advance)

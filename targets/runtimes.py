@@ -4,8 +4,9 @@ A row says what artifact a profile of that runtime ships, the file suffixes its 
 the module that runs it on the host (imported before a benchmark's memory baseline, so the
 runtime's own import is not counted as the model's), the extra that installs that module, and
 whether this host can run it at all (Core ML predicts only on macOS). Adding a runtime is one row
-here, one converter module in `toolchain/converters/` and one host runner in `toolchain/runners.py`;
-`tests/toolchain/test_registries.py` fails when either of those two is missing for a row.
+here and one package `toolchain/backends/<runtime>/` (its `convert.py` registers the converter),
+plus its host runner in `toolchain/runners.py`'s table and its options model in `targets/options.py`;
+`tests/toolchain/test_registries.py` fails when any of those is missing for a row.
 
 Data only (the standard library): the device agent and the registry import `targets`.
 """

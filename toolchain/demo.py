@@ -82,7 +82,7 @@ def train_digits_model(
     """Train the demo CNN and write model, calibration folder and validation folder under `out`.
 
     `image_size` and `widths` make smaller variants of the same network: at the scans' native 8x8
-    and (8, 16, 32) channels it is the microcontroller reference model (`toolchain.micro_samples`).
+    and (8, 16, 32) channels it is the microcontroller reference model (`toolchain.backends.tflite_micro.samples`).
     """
     from PIL import Image
 

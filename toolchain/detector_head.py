@@ -74,7 +74,7 @@ def tflite_decode_tail(model: bytes) -> list[str]:
 
     These are the names TensorFlow's MLIR quantizer takes as its denylist (what it keeps in float).
     """
-    from toolchain.tflite_quantize import tensor_table
+    from toolchain.backends.tflite.quantize import tensor_table
 
     ops = tensor_table(model)
     ranks = {index: rank for op in ops for index, _, rank in op["outputs"]}  # only produced tensors

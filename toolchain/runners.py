@@ -12,7 +12,7 @@ import numpy as np
 from edgebase.deps import require
 from edgebundle.manifest import ORT_DTYPES, QuantParams, TensorSpec
 from targets.runtimes import RUNTIMES, runtime_for_suffix
-from toolchain.micro_runtime import MicroRunner
+from toolchain.backends.tflite_micro.runner import MicroRunner
 
 
 class Runner(Protocol):
@@ -97,7 +97,7 @@ class LiteRTRunner:
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype == self.input_dtype and list(batch.shape) == self.input_shape:
             return batch
-        from toolchain.tflite_quantize import to_model_layout
+        from toolchain.backends.tflite.quantize import to_model_layout
 
         x = to_model_layout(batch, self.input_shape)
         scale, zero_point = self._input["quantization"]
@@ -198,8 +198,8 @@ class TensorRTEngineRunner:
 
 
 def _coreml_runner(path: Path, threads: int | None = None) -> Runner:
-    """Core ML packages (`toolchain.coreml_runner`): tensors from the spec anywhere, predictions on macOS."""
-    from toolchain.coreml_runner import CoreMLRunner
+    """Core ML packages (`toolchain.backends.coreml.runner`): tensors from the spec anywhere, predictions on macOS."""
+    from toolchain.backends.coreml.runner import CoreMLRunner
 
     return CoreMLRunner(path, threads)
 

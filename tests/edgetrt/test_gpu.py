@@ -92,7 +92,7 @@ def test_qdq_int8_engine_builds_and_agrees(tiny_onnx, tmp_path):
     info = _device()
     from edgetrt.build import engine_for
     from edgetrt.runner import TensorRTRunner
-    from toolchain import quantize
+    from toolchain.backends.onnxruntime import quantize as quantize
 
     rng = np.random.default_rng(1)
     calibration = rng.random((32, 3, 32, 32), dtype=np.float32)

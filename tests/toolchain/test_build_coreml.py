@@ -2,7 +2,7 @@
 
 The digits CNN (TorchScript) and a YOLO detector from an Ultralytics yaml build for iOS in FP16 and with
 INT8 weights. Core ML predicts only on macOS: elsewhere a package is checked structurally and judged by
-the FP16 emulation (toolchain/coreml_emulate.py), and the tests that need Core ML's own predictions
+the FP16 emulation (toolchain/backends/coreml/emulate.py), and the tests that need Core ML's own predictions
 skip, saying why.
 """
 
@@ -106,7 +106,7 @@ def yolo_ios(yolo, keys, tmp_path_factory) -> Path:
 
 
 def test_fp16_digits_is_an_ml_program_image_classifier(digits_ios):
-    from toolchain.coreml_checks import read_package
+    from toolchain.backends.coreml.checks import read_package
 
     bundle = digits_ios / "digits-v1-ios"
     manifest = _manifest(bundle)
@@ -162,7 +162,7 @@ def test_fp16_validation_says_what_ran(digits_ios):
 
 
 def test_int8_weights_halve_the_package_and_say_weights_only(digits_ios, yolo_ios):
-    from toolchain.coreml_checks import read_package
+    from toolchain.backends.coreml.checks import read_package
 
     for fp16, int8, compressed in (
         ("digits-v1-ios", "digits8-v1-ios", 5),
@@ -191,7 +191,7 @@ def test_int8_weights_halve_the_package_and_say_weights_only(digits_ios, yolo_io
 
 
 def test_palettized_weights_are_smaller_and_their_error_shows(digits_ios):
-    from toolchain.coreml_checks import read_package
+    from toolchain.backends.coreml.checks import read_package
 
     manifest = _manifest(digits_ios / "digits4-v1-ios")
     weights = manifest.coreml.weights
@@ -211,7 +211,7 @@ def test_palettized_weights_are_smaller_and_their_error_shows(digits_ios):
 
 
 def test_yolo_package_is_a_pipeline_vision_reads_as_objects(yolo_ios):
-    from toolchain.coreml_checks import read_package
+    from toolchain.backends.coreml.checks import read_package
 
     manifest = _manifest(yolo_ios / "shapes-v1-ios")
     coreml = manifest.coreml
@@ -245,7 +245,8 @@ def test_converted_detector_decodes_like_ultralytics(yolo):
     from PIL import Image
 
     from edgebundle.manifest import NMSParams
-    from toolchain import coreml_detector, coreml_model
+    from toolchain.backends.coreml import detector as coreml_detector
+    from toolchain.backends.coreml import model as coreml_model
     from toolchain.detection import xywh_to_xyxy
     from toolchain.sources import _load_ultralytics, resolve_source
 
@@ -323,7 +324,7 @@ def test_core_ml_predictions_match_ultralytics_on_macos(yolo, yolo_ios):
 
 @needs_macos
 def test_core_ml_classifier_predictions_on_macos(digits, digits_ios):
-    from toolchain.coreml_runner import CoreMLRunner
+    from toolchain.backends.coreml.runner import CoreMLRunner
     from toolchain.data import load_classification_set
 
     manifest = _manifest(digits_ios / "digits-v1-ios")
@@ -335,7 +336,7 @@ def test_core_ml_classifier_predictions_on_macos(digits, digits_ios):
 
 
 def test_runner_reads_the_spec_and_refuses_to_predict_off_macos(yolo_ios):
-    from toolchain.coreml_runner import CoreMLRunner
+    from toolchain.backends.coreml.runner import CoreMLRunner
     from toolchain.runners import open_runner, runs_on_host, runtime_for
 
     package = yolo_ios / "shapes-v1-ios/model.mlpackage"
@@ -359,7 +360,8 @@ def test_runner_reads_the_spec_and_refuses_to_predict_off_macos(yolo_ios):
 def digits_plan(digits):
     """How the converter plans the digits classifier, and what the structural checks expect of it."""
     from edgebase.deps import version_of
-    from toolchain import coreml_checks, coreml_model
+    from toolchain.backends.coreml import checks as coreml_checks
+    from toolchain.backends.coreml import model as coreml_model
     from toolchain.sources import resolve_source
 
     source = resolve_source(str(digits.model))
@@ -395,7 +397,8 @@ def digits_plan(digits):
 def _checked(plan, expected, source, tmp_path: Path) -> dict[str, bool]:
     """Convert `plan` as the converter does, save, read back, check: {check name: passed}."""
     from edgebase.deps import version_of
-    from toolchain import coreml_checks, coreml_model
+    from toolchain.backends.coreml import checks as coreml_checks
+    from toolchain.backends.coreml import model as coreml_model
 
     ct = deps.import_coremltools()
     mlmodel = coreml_model.convert(ct, plan)
@@ -439,7 +442,7 @@ def test_structural_checks_catch_a_broken_package(digits_plan, tmp_path, bug, ca
 
 def test_a_package_failing_its_checks_fails_the_build(digits, keys, tmp_path, capsys, monkeypatch):
     """A conversion bug (here: a renamed input) stops the build with one error; no bundle is written."""
-    from toolchain import coreml_model
+    from toolchain.backends.coreml import model as coreml_model
 
     real = coreml_model.convert
     monkeypatch.setattr(
@@ -479,7 +482,7 @@ def test_palettize_with_int8_is_refused(digits, keys, tmp_path, capsys):
 def test_an_operation_coremltools_cannot_convert_is_an_error_with_a_hint():
     import torch
 
-    from toolchain import coreml_model
+    from toolchain.backends.coreml import model as coreml_model
     from toolchain.errors import ExportError
 
     class Inverse(torch.nn.Module):
@@ -519,7 +522,8 @@ def test_torch_export_source_converts(tmp_path):
     import torch
 
     from edgebundle.manifest import Preprocessing
-    from toolchain import coreml_checks, coreml_model
+    from toolchain.backends.coreml import checks as coreml_checks
+    from toolchain.backends.coreml import model as coreml_model
     from toolchain.demo import _make_model
     from toolchain.sources import resolve_source
 

@@ -65,7 +65,7 @@ def test_keras_text_model_builds_for_android_and_keeps_its_accuracy(keras_bundle
 
 
 def test_int8_keras_model_has_int8_matmuls(keras_bundle):
-    from toolchain.tflite_quantize import tensor_table
+    from toolchain.backends.tflite.quantize import tensor_table
 
     ops = tensor_table((keras_bundle / "model_int8.tflite").read_bytes())
     dense = [op for op in ops if op["op"] in ("FULLY_CONNECTED", "BATCH_MATMUL")]

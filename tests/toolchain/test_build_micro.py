@@ -34,7 +34,7 @@ def _assert_clean_failure(result, out: Path, *needles: str) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from toolchain.micro_samples import train_micro_reference
+    from toolchain.backends.tflite_micro.samples import train_micro_reference
 
     return train_micro_reference(tmp_path_factory.mktemp("micro-reference"))
 
@@ -103,9 +103,9 @@ def test_the_bundled_model_runs_in_tflm_with_the_manifest_arena_and_its_accuracy
 
 
 def test_the_measured_arena_is_the_smallest_that_runs(built, reference):
-    from toolchain.micro_arena import ALIGNMENT, runs_with_arena
-    from toolchain.micro_model import read_model
-    from toolchain.micro_runtime import quantize_input
+    from toolchain.backends.tflite_micro.arena import ALIGNMENT, runs_with_arena
+    from toolchain.backends.tflite_micro.model import read_model
+    from toolchain.backends.tflite_micro.runner import quantize_input
 
     manifest = _manifest(built, "nucleo-l432kc")
     fit = manifest.memory_fit
@@ -123,7 +123,7 @@ def test_the_measured_arena_is_the_smallest_that_runs(built, reference):
 @pytest.mark.parametrize("target", MCUS)
 def test_flash_and_ram_figures_in_the_manifest(built, target):
     from targets import get_profile
-    from toolchain.micro_codesize import estimate
+    from toolchain.backends.tflite_micro.codesize import estimate
 
     manifest, profile = _manifest(built, target), get_profile(target)
     fit = manifest.memory_fit
@@ -151,8 +151,8 @@ def test_flash_and_ram_figures_in_the_manifest(built, target):
 
 
 def test_generated_sources_compile_and_hold_the_model_byte_for_byte(built, tmp_path):
-    from toolchain.micro_model import read_model
-    from toolchain.micro_ops import RESOLVER_METHODS
+    from toolchain.backends.tflite_micro.model import read_model
+    from toolchain.backends.tflite_micro.ops import RESOLVER_METHODS
 
     bundle = built / "digits8-v1-stm32f746-disco"
     manifest = _manifest(built, "stm32f746-disco")

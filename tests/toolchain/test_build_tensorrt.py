@@ -60,7 +60,7 @@ def test_nano_bundle_is_fp16_onnx_at_its_opset_with_a_plan(jetson):
 
 def test_orin_int8_is_a_symmetric_qdq_model_within_budget(jetson):
     from edgebundle import read_manifest
-    from toolchain.quantize import TENSORRT_INT8_OPS
+    from toolchain.backends.onnxruntime.quantize import TENSORRT_INT8_OPS
 
     bundle = jetson / "digits-v1-jetson-orin-nano"
     manifest = read_manifest(bundle)

@@ -50,7 +50,7 @@ def test_int8_tflite_keeps_top1_within_half_a_point(built, target):
 
 def test_int8_tflite_is_full_integer_with_its_input_spec_in_the_manifest(built):
     from edgebundle import read_manifest
-    from toolchain.tflite_quantize import tensor_table
+    from toolchain.backends.tflite.quantize import tensor_table
 
     bundle = built / "digits-v1-rpi5"
     manifest = read_manifest(bundle)

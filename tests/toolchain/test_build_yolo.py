@@ -99,7 +99,7 @@ def test_int8_yolo_for_rpi5_is_full_integer_xnnpack_int8_not_int16(yolo, keys, t
     assert artifact.inputs[0].dtype == "int8"  # the image goes in as int8 ...
     assert artifact.outputs[0].dtype == "float32"  # ... and the boxes and scores come out in float
     assert manifest.preprocessing.layout == "NHWC" and manifest.preprocessing.resize_mode == "letterbox"
-    from toolchain.tflite_quantize import tensor_table
+    from toolchain.backends.tflite.quantize import tensor_table
 
     ops = tensor_table((tmp_path / "shapes-v1-rpi5" / "model_int8.tflite").read_bytes())
     convs = [row for row in ops if row["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]

@@ -1,4 +1,4 @@
-"""The FP16 emulation that stands in for Core ML's predictions off macOS (toolchain/coreml_emulate.py).
+"""The FP16 emulation that stands in for Core ML's predictions off macOS (toolchain/backends/coreml/emulate.py).
 
 What it must be to mean anything: it really rounds (ONNX Runtime does not fold the casts away), its error
 is the size of PyTorch's own FP16 error on the same inputs, and it carries the package's compressed
@@ -42,7 +42,7 @@ def _outputs(path, inputs) -> np.ndarray:
 def test_fp16_emulation_rounds_and_matches_pytorch_half_in_size(reference, inputs, tmp_path):
     import torch
 
-    from toolchain.coreml_emulate import emulate
+    from toolchain.backends.coreml.emulate import emulate
 
     path, source = reference
     emulation = emulate(path, tmp_path / "fp16.onnx")
@@ -61,7 +61,7 @@ def test_fp16_emulation_rounds_and_matches_pytorch_half_in_size(reference, input
 
 
 def test_fp32_emulation_is_the_reference(reference, inputs, tmp_path):
-    from toolchain.coreml_emulate import emulate
+    from toolchain.backends.coreml.emulate import emulate
 
     path, _ = reference
     emulation = emulate(path, tmp_path / "fp32.onnx", fp16=False)
@@ -75,8 +75,9 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     from onnx import numpy_helper
 
     from edgebundle.manifest import Preprocessing
-    from toolchain import coreml_checks, coreml_model
-    from toolchain.coreml_emulate import emulate
+    from toolchain.backends.coreml import checks as coreml_checks
+    from toolchain.backends.coreml import model as coreml_model
+    from toolchain.backends.coreml.emulate import emulate
 
     path, source = reference
     ct = deps.import_coremltools()

@@ -121,7 +121,7 @@ def test_cpu_int8_without_val_ships_within_two_points_of_fp32_or_is_refused(
 def test_full_int8_that_detects_nothing_fails_the_label_free_gate(yolo, yolo_onnx, tmp_path):
     """Full-graph INT8 without repair: cosine near 1 (the old gate passed it), mAP against FP32 near 0."""
     from toolchain import data as datasets
-    from toolchain.quantize import prepare, quantize_int8
+    from toolchain.backends.onnxruntime.quantize import prepare, quantize_int8
     from toolchain.runners import open_runner, run_all, runtime_for
     from toolchain.sources import resolve_source
     from toolchain.validate import MIN_COSINE_WITHOUT_LABELS, judge, label_free_detection_data, task_metrics

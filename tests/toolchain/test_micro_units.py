@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from toolchain import micro_codesize
-from toolchain.micro_ops import RESOLVER_METHODS
+from toolchain.backends.tflite_micro import codesize as micro_codesize
+from toolchain.backends.tflite_micro.ops import RESOLVER_METHODS
 
 # Registrations in the TFLM binary that are not builtin operators (custom ops, internal variants).
 NOT_BUILTIN = {
@@ -40,7 +40,7 @@ def test_op_table_is_exactly_the_builtins_the_installed_tflm_has_kernels_for():
 
 
 def test_kernel_size_table_regenerates_from_the_installed_binary():
-    """The shipped table is what `python -m toolchain.micro_codesize` measures on this tflite-micro."""
+    """The shipped table is what `python -m toolchain.backends.tflite_micro.codesize` measures on this tflite-micro."""
     assert micro_codesize.measure() == micro_codesize.load_table()
 
 
@@ -58,7 +58,7 @@ def test_code_size_of_a_set_of_ops_counts_shared_helpers_once():
 def test_micro_artifacts_route_to_the_tflm_runner():
     from pathlib import Path
 
-    from toolchain.micro_runtime import MicroRunner
+    from toolchain.backends.tflite_micro.runner import MicroRunner
     from toolchain.runners import RUNNERS, runtime_for
 
     assert runtime_for(Path("model_int8.micro.tflite")) == "tflite-micro"
@@ -67,7 +67,7 @@ def test_micro_artifacts_route_to_the_tflm_runner():
 
 
 def test_layer_labels_name_the_op_not_its_fused_activation():
-    from toolchain.micro_model import layer_label
+    from toolchain.backends.tflite_micro.model import layer_label
 
     fused = (
         "model_2/tf.nn.relu_1/Relu;model_2/tf.math.add_3/Add;model_2/tf.nn.convolution_3/convolution;Const_1"
@@ -78,7 +78,7 @@ def test_layer_labels_name_the_op_not_its_fused_activation():
 
 
 def test_c_array_compiles_and_round_trips_every_byte_value(tmp_path):
-    from toolchain.micro_codegen import model_data_cc, model_data_h
+    from toolchain.backends.tflite_micro.codegen import model_data_cc, model_data_h
 
     data = bytes(range(256)) * 3 + b"\x00\x7f"  # every value, a length that is no multiple of 16
     (tmp_path / "model_data.h").write_text(model_data_h("test", data))
@@ -96,8 +96,8 @@ def test_c_array_compiles_and_round_trips_every_byte_value(tmp_path):
 
 @pytest.mark.parametrize(("measured", "conv_in", "expected_scratch"), [(5488, 32, 1152), (72176, 128, 4608)])
 def test_arena_margin_states_its_parts(measured, conv_in, expected_scratch):
-    from toolchain.micro_arena import arena_margin
-    from toolchain.micro_model import MicroModel, Op, Tensor
+    from toolchain.backends.tflite_micro.arena import arena_margin
+    from toolchain.backends.tflite_micro.model import MicroModel, Op, Tensor
 
     tensors = [
         Tensor(0, "in", [1, 8, 8, conv_in], "INT8", False),

@@ -66,6 +66,20 @@ def test_every_runtime_row_has_a_converter_a_runner_and_a_real_extra():
         assert row.suffixes and all(s.startswith(".") for s in row.suffixes), row
 
 
+def test_every_runtime_is_one_backend_package_whose_convert_module_registers_it():
+    """`toolchain/backends/<runtime>/convert.py` holds the converter; nothing else registers one."""
+    import inspect
+
+    from targets.runtimes import RUNTIMES
+
+    backends = TESTS.parents[1] / "toolchain" / "backends"
+    packages = {p.name for p in backends.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == {name.replace("-", "_") for name in RUNTIMES}
+    for runtime, converter in CONVERTERS.items():
+        module = Path(inspect.getfile(type(converter)))
+        assert module == backends / runtime.replace("-", "_") / "convert.py", runtime
+
+
 def test_suffixes_name_one_runtime_each_and_the_longest_wins():
     from toolchain.runners import runtime_for
 

@@ -39,7 +39,7 @@ class OnnxRuntimeConverter(Converter):
                 f"the onnxruntime converter builds fp32 or int8, not {ctx.precision}",
                 hint="pass --precision fp32 or int8",
             )
-        from toolchain import quantize
+        from toolchain.backends.onnxruntime import quantize as quantize
 
         speed = None
         if ctx.speed is not None:

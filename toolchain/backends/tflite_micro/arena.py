@@ -21,8 +21,8 @@ same way on both. Kernels a device may use instead of TFLM's reference
 kernels (CMSIS-NN, ESP-NN) can ask for scratch buffers the reference kernels
 do not; the margin (`arena_margin`) covers that.
 
-Usage of the worker: python -m toolchain.micro_arena MODEL.tflite SAMPLE.npy UPPER_BYTES
-                     python -m toolchain.micro_arena --probe MODEL.tflite SAMPLE.npy BYTES...
+Usage of the worker: python -m toolchain.backends.tflite_micro.arena MODEL.tflite SAMPLE.npy UPPER_BYTES
+                     python -m toolchain.backends.tflite_micro.arena --probe MODEL.tflite SAMPLE.npy BYTES...
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.backends.tflite_micro.model import MicroModel
 from toolchain.errors import EdgectlError
-from toolchain.micro_model import MicroModel
 
 ALIGNMENT = 16  # TFLM's MicroArenaBufferAlignment()
 MARGIN_SHARE = 0.10  # of the measured arena: TFLM version drift between host and firmware
@@ -96,7 +96,7 @@ def _worker(*args: str, sample: np.ndarray) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="edgectl-arena-") as tmp:
         sample_path = Path(tmp) / "sample.npy"
         np.save(sample_path, sample, allow_pickle=False)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[3])  # the folder holding the toolchain package
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
@@ -105,7 +105,7 @@ def _worker(*args: str, sample: np.ndarray) -> subprocess.CompletedProcess:
         }
         arguments = [a if a != "SAMPLE" else str(sample_path) for a in args]
         return subprocess.run(
-            [sys.executable, "-m", "toolchain.micro_arena", *arguments],
+            [sys.executable, "-m", "toolchain.backends.tflite_micro.arena", *arguments],
             capture_output=True,
             text=True,
             env=env,
@@ -194,7 +194,7 @@ def _recorded(report: str, what: str) -> int:
 
 
 def search(model: bytes, sample: np.ndarray, upper: int) -> ArenaMeasurement:
-    from toolchain.micro_model import read_model
+    from toolchain.backends.tflite_micro.model import read_model
 
     outputs = len(read_model(model).outputs)
     ok, reference, report = _probe(model, sample, upper, outputs, allocations=True)
@@ -230,7 +230,7 @@ def _main(argv: list[str]) -> None:
     model = Path(arguments[0]).read_bytes()
     sample = np.load(arguments[1], allow_pickle=False)
     if probe:
-        from toolchain.micro_model import read_model
+        from toolchain.backends.tflite_micro.model import read_model
 
         outputs = len(read_model(model).outputs)
         print(json.dumps([_probe(model, sample, int(size), outputs)[0] for size in arguments[2:]]))

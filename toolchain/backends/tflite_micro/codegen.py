@@ -17,8 +17,8 @@ import hashlib
 from pathlib import Path
 
 from edgebundle.manifest import MemoryFit
-from toolchain.micro_model import MicroModel, Tensor
-from toolchain.micro_ops import resolver_methods
+from toolchain.backends.tflite_micro.model import MicroModel, Tensor
+from toolchain.backends.tflite_micro.ops import resolver_methods
 
 FOLDER = "firmware"
 BYTES_PER_LINE = 16

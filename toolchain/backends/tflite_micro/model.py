@@ -3,7 +3,7 @@
 Read with the flatbuffer schema that ships with the `tflite-micro` package, so
 nothing here needs TensorFlow. The figures derived here (weight bytes per op,
 activation bytes alive at each op) explain a fit report; the arena size itself
-is measured by running the model (`toolchain.micro_arena`), never derived.
+is measured by running the model (`toolchain.backends.tflite_micro.arena`), never derived.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ import numpy as np
 
 from edgebase.deps import import_coremltools
 from edgebundle.manifest import Preprocessing, TensorSpec
-from toolchain.coreml_checks import read_package
-from toolchain.coreml_detector import RAW_CONFIDENCE, RAW_COORDINATES
-from toolchain.coreml_model import META_PREPROCESSING
+from toolchain.backends.coreml.checks import read_package
+from toolchain.backends.coreml.detector import RAW_CONFIDENCE, RAW_COORDINATES
+from toolchain.backends.coreml.model import META_PREPROCESSING
 
 MACOS_ONLY = "Core ML predicts only on macOS"
 _TENSOR_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32"}

@@ -131,7 +131,7 @@ class TensorRTConverter(Converter):
         )
 
     def _int8(self, ctx: BuildContext) -> ConvertedArtifact:
-        from toolchain import quantize
+        from toolchain.backends.onnxruntime import quantize as quantize
 
         result = quantize.int8_with_repair(
             ctx.fp32_onnx,

@@ -16,8 +16,8 @@ registration structs), followed through the relocation table. Then
 
 For a model, flash for code = core + the union of its ops' kernels (a helper
 shared by two kernels counts once), summed over function sizes. The result is
-stored in `micro_kernel_sizes.json` (regenerate with `python -m
-toolchain.micro_codesize`), so a build needs no binutils.
+stored in `kernel_sizes.json` (regenerate with `python -m
+toolchain.backends.tflite_micro.codesize`), so a build needs no binutils.
 
 What the figure is not: Thumb-2 or Xtensa code. It is x86-64 code of the
 host build (reference kernels, all type variants of each kernel, TFLM's
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-TABLE = Path(__file__).with_name("micro_kernel_sizes.json")
+TABLE = Path(__file__).with_name("kernel_sizes.json")
 # What firmware calls on the interpreter and the resolver (mangled name prefixes in the host build's
 # tflite::micro namespace); the constructor is the one that takes the arena as a pointer and a size.
 CORE_ROOTS = (
@@ -204,7 +204,7 @@ def measure(path: Path | None = None) -> dict:
     return {
         "tflite_micro": version_of("tflite-micro"),
         "machine": "x86-64",
-        "method": "call-graph closure over the host build's symbol table; see toolchain/micro_codesize.py",
+        "method": "call-graph closure over the host build's symbol table; see toolchain/backends/tflite_micro/codesize.py",
         "function_bytes": [binary.functions[a][0] for a in used],
         "core": sorted(index[a] for a in core),
         "kernels": {op: sorted(index[a] for a in functions) for op, functions in kernels.items()},

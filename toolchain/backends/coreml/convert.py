@@ -6,7 +6,7 @@
       ─▶ structural checks (read back from disk) ─▶ numerical check ─▶ report
 
 The numerical check is Core ML's own predictions on the validation data where Core ML runs (macOS); on
-other hosts it is the FP16 emulation of `toolchain.coreml_emulate`, and the report says which. Either way
+other hosts it is the FP16 emulation of `toolchain.backends.coreml.emulate`, and the report says which. Either way
 the converter returns the report, so the pipeline gates on it without running the package itself. The
 manifest's `coreml` section records the package: its features, labels, deployment target, compute units,
 how the weights are stored, the NMS stage, and which checks ran.
@@ -39,8 +39,9 @@ class CoreMLConverter(Converter):
     int8_needs_calibration = False  # int8 here is weight-only quantization
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
-        from toolchain import coreml_checks, coreml_detector
-        from toolchain import coreml_model as cm
+        from toolchain.backends.coreml import checks as coreml_checks
+        from toolchain.backends.coreml import detector as coreml_detector
+        from toolchain.backends.coreml import model as cm
 
         options = ctx.profile.runtime_options()
         if options.convert_to != "mlprogram":
@@ -177,7 +178,7 @@ class CoreMLConverter(Converter):
 
     def _plan_outputs(self, ctx: BuildContext, plan, notes: list[str]) -> None:
         """A classifier (labels, probabilities) when the outputs allow it, else the model's own outputs."""
-        from toolchain import coreml_model as cm
+        from toolchain.backends.coreml import model as cm
         from toolchain.onnx_export import tensor_specs
 
         _, outputs = tensor_specs(ctx.fp32_onnx)
@@ -206,7 +207,8 @@ class CoreMLConverter(Converter):
 
     def _numerical(self, ctx: BuildContext, package, info, compute: str, notes: list[str]):
         """(report, what the check was, whether Core ML itself predicted): macOS predicts, others emulate."""
-        from toolchain import coreml_checks, coreml_emulate
+        from toolchain.backends.coreml import checks as coreml_checks
+        from toolchain.backends.coreml import emulate as coreml_emulate
         from toolchain.runners import runs_on_host
 
         if not ctx.sample_reference:  # no --val or --calib: the pipeline has nothing to judge with

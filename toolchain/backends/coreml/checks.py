@@ -20,7 +20,7 @@ import numpy as np
 
 from edgebase.deps import import_coremltools
 from edgebundle.manifest import CoreMLCheck, CoreMLFeature, CoreMLNMS, NMSParams
-from toolchain.coreml_detector import (
+from toolchain.backends.coreml.detector import (
     CONFIDENCE,
     CONFIDENCE_INPUT,
     COORDINATES,
@@ -29,7 +29,7 @@ from toolchain.coreml_detector import (
     RAW_COORDINATES,
     padded_columns,
 )
-from toolchain.coreml_model import (
+from toolchain.backends.coreml.model import (
     CLASS_LABEL,
     COMPRESSED_OPS,
     META_EDGECTL,

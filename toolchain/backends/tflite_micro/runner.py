@@ -4,7 +4,7 @@ Validation and benchmarks run microcontroller artifacts through it, so the
 accuracy reported for a board is TFLM's own, kernels and all. The host has no
 fixed arena to respect, so the runner gives the interpreter a generous one
 (`generous_arena`); the smallest arena that works is measured separately, in
-child processes (`toolchain.micro_arena`), because TFLM may crash the process
+child processes (`toolchain.backends.tflite_micro.arena`), because TFLM may crash the process
 when its arena is too small.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from edgebase.deps import require
 from edgebundle.manifest import QuantParams, TensorSpec
-from toolchain.micro_model import MicroModel, Tensor, read_model
+from toolchain.backends.tflite_micro.model import MicroModel, Tensor, read_model
 
 
 def generous_arena(model: MicroModel) -> int:
@@ -28,7 +28,7 @@ def generous_arena(model: MicroModel) -> int:
 
 def quantize_input(batch: np.ndarray, tensor: Tensor) -> np.ndarray:
     """One batch in the source's layout and float, as the model's input tensor takes it."""
-    from toolchain.tflite_quantize import to_model_layout
+    from toolchain.backends.tflite.quantize import to_model_layout
 
     dtype = np.dtype(tensor.numpy_dtype)
     if batch.dtype == dtype and list(batch.shape) == tensor.shape:

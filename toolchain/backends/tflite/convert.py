@@ -59,7 +59,7 @@ class TFLiteConverter(Converter):
         return source_kind in ("keras", "saved-model") or super().accepts(source_kind)
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
-        from toolchain.tflite_quantize import TFLiteQuantizer
+        from toolchain.backends.tflite.quantize import TFLiteQuantizer
 
         versions = {"tensorflow": version_of("tensorflow"), "ai-edge-litert": version_of("ai-edge-litert")}
         if ctx.saved_model is None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolchain.backends.tflite_micro.model import MicroModel, Op
 from toolchain.errors import EdgectlError
-from toolchain.micro_model import MicroModel, Op
 
 RESOLVER_METHODS: dict[str, str] = {
     "ABS": "AddAbs",

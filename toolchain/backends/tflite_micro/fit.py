@@ -1,9 +1,9 @@
 """Does a TFLite Micro model fit the board? Flash and RAM against the target profile, as a table.
 
 flash = the .tflite model (measured) + the interpreter core and the kernels of
-        exactly the model's ops (estimated, `toolchain.micro_codesize`)
+        exactly the model's ops (estimated, `toolchain.backends.tflite_micro.codesize`)
         + what the profile reserves (bootloader, app partition; sourced there)
-RAM   = the smallest tensor arena that ran (measured, `toolchain.micro_arena`)
+RAM   = the smallest tensor arena that ran (measured, `toolchain.backends.tflite_micro.arena`)
         + the stated margin + what the profile reserves
 
 A model that does not fit fails the build with the table and with what would
@@ -17,10 +17,10 @@ import math
 
 from edgebundle.manifest import FitItem, MemoryBudget, MemoryFit
 from targets import TargetProfile
+from toolchain.backends.tflite_micro.arena import ArenaMeasurement
+from toolchain.backends.tflite_micro.codesize import CodeSize
+from toolchain.backends.tflite_micro.model import MicroModel, Op
 from toolchain.errors import EdgectlError
-from toolchain.micro_arena import ArenaMeasurement
-from toolchain.micro_codesize import CodeSize
-from toolchain.micro_model import MicroModel, Op
 
 
 class MemoryFitError(EdgectlError):

@@ -10,7 +10,7 @@ is wrapped so that the package says what Vision expects, traced, and converted t
 - a classifier carries its labels (`ClassifierConfig`) and outputs probabilities: a softmax is appended
   when the model ends in logits, because Vision reads the outputs as confidences in [0, 1];
 - an Ultralytics detector gets the outputs Vision's object detector reads, and an NMS stage
-  (`toolchain.coreml_detector`).
+  (`toolchain.backends.coreml.detector`).
 
 `--precision int8` and `--palettize N` compress weights only (coremltools.optimize): Core ML decompresses
 them to fp16 when it loads the model, and computes in fp16.

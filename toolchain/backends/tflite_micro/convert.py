@@ -2,20 +2,20 @@
 
 The model takes the TFLite path of the Raspberry Pi and Android targets (the
 cached ONNX model through onnx2tf, or a Keras source's SavedModel, then
-TensorFlow's converter calibrated on the user's data: `toolchain.tflite_quantize`)
+TensorFlow's converter calibrated on the user's data: `toolchain.backends.tflite.quantize`)
 in its full-integer form, int8 input and output. Then, before the pipeline
-validates it in the real TFLM interpreter (`toolchain.micro_runtime`):
+validates it in the real TFLM interpreter (`toolchain.backends.tflite_micro.runner`):
 
 1. every op must have a TFLM kernel, or the build stops naming the op and the
-   layer it comes from (`toolchain.micro_ops`);
+   layer it comes from (`toolchain.backends.tflite_micro.ops`);
 2. the smallest tensor arena that runs it is measured in TFLM itself
-   (`toolchain.micro_arena`), and a stated margin added;
+   (`toolchain.backends.tflite_micro.arena`), and a stated margin added;
 3. flash (model + interpreter + the kernels of exactly its ops) and RAM
    (arena + margin) are set against the profile's budgets and reserves; a
    model that does not fit stops the build with the table and what would
-   make it fit (`toolchain.micro_fit`);
+   make it fit (`toolchain.backends.tflite_micro.fit`);
 4. C++ sources for a TFLM project go into the bundle's `firmware/`
-   (`toolchain.micro_codegen`), and the fit into the manifest's `memory_fit`.
+   (`toolchain.backends.tflite_micro.codegen`), and the fit into the manifest's `memory_fit`.
 
 There is no accuracy repair here: keeping layers in float costs a
 microcontroller the flash and RAM it lacks. INT8 that breaks `--max-drop`
@@ -44,10 +44,14 @@ class TFLiteMicroConverter(Converter):
     )
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
-        from toolchain import micro_arena, micro_codegen, micro_codesize, micro_fit, micro_ops
-        from toolchain.micro_model import read_model
-        from toolchain.micro_runtime import generous_arena, quantize_input
-        from toolchain.tflite_quantize import TFLiteQuantizer
+        from toolchain.backends.tflite.quantize import TFLiteQuantizer
+        from toolchain.backends.tflite_micro import arena as micro_arena
+        from toolchain.backends.tflite_micro import codegen as micro_codegen
+        from toolchain.backends.tflite_micro import codesize as micro_codesize
+        from toolchain.backends.tflite_micro import fit as micro_fit
+        from toolchain.backends.tflite_micro import ops as micro_ops
+        from toolchain.backends.tflite_micro.model import read_model
+        from toolchain.backends.tflite_micro.runner import generous_arena, quantize_input
 
         if ctx.precision != "int8":  # a user's profile may list more; the pipeline checked the calibration
             raise UserInputError(

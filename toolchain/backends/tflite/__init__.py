@@ -1,0 +1,1 @@
+"""LiteRT (TFLite): conversion through onnx2tf and TensorFlow's converter, and full-integer quantization."""
