@@ -10,7 +10,7 @@ Writes benchmarks/results/coreml_sizes.{json,md}.
 
     .venv/bin/python benchmarks/coreml_sizes.py [--out benchmarks/results]
         [--digits DIR]             reuse a digits folder written by toolchain.demo.train_digits_model
-        [--yolo CHECKPOINT DATA]   reuse a detector and its data.yaml (toolchain.samples)
+        [--yolo CHECKPOINT DATA]   reuse a detector and its data.yaml (tests.samples)
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> None:
             checkpoint, data_yaml = args.yolo
             detector = f"given: {checkpoint}"
         else:
-            from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
+            from tests.samples import make_shapes_detection_dataset, train_tiny_yolo
 
             data_yaml = make_shapes_detection_dataset(work / "shapes", val=48)
             checkpoint = train_tiny_yolo(data_yaml, work / "train")

@@ -1,6 +1,6 @@
 """Benchmark: detector INT8, edgectl against the leading exporter (Ultralytics), same model and data, one run.
 
-A YOLO11n trained here on the generated shapes set (`toolchain/samples.py`) goes through
+A YOLO11n trained here on the generated shapes set (`tests/samples.py`) goes through
 - edgectl's CLI (`edgectl build`): `cpu` FP32 (the baseline of every row), `rpi5` FP32, and INT8 for
   `cpu`, `rpi5`, `android` and `jetson-orin-nano`, each with the same 400 calibration images and the
   dataset's val split as `--val`;
@@ -160,7 +160,7 @@ def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int 
             return record
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "yolo-config"))
-    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
+    from tests.samples import make_shapes_detection_dataset, train_tiny_yolo
 
     start = time.perf_counter()
     data_yaml = make_shapes_detection_dataset(

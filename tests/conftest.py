@@ -34,7 +34,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def yolo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny YOLO detector from an Ultralytics yaml, trained here on synthetic shapes: (checkpoint, data.yaml)."""
-    from toolchain.samples import make_shapes_detection_dataset, train_tiny_yolo
+    from tests.samples import make_shapes_detection_dataset, train_tiny_yolo
 
     root = tmp_path_factory.mktemp("yolo")
     data_yaml = make_shapes_detection_dataset(root / "shapes", val=48)
@@ -45,6 +45,6 @@ def yolo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def text_sample(tmp_path_factory: pytest.TempPathFactory):
     """The DistilBERT-style Keras text classifier trained here on synthetic reviews (3 epochs: ~99 %)."""
-    from toolchain.text_samples import make_text_classifier
+    from tests.text_samples import make_text_classifier
 
     return make_text_classifier(tmp_path_factory.mktemp("text"), epochs=3)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.text_samples import TextSample
 from toolchain.errors import UserInputError
 from toolchain.keras_source import (
     KerasInfo,
@@ -18,7 +19,6 @@ from toolchain.keras_source import (
     predict,
     to_saved_model,
 )
-from toolchain.text_samples import TextSample
 
 pytestmark = pytest.mark.slow
 

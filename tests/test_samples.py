@@ -1,4 +1,4 @@
-"""toolchain.samples: the generated shapes dataset and the tiny YOLO trained on it."""
+"""tests.samples: the generated shapes dataset and the tiny YOLO trained on it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from toolchain.samples import SHAPE_NAMES, make_shapes_detection_dataset
+from tests.samples import SHAPE_NAMES, make_shapes_detection_dataset
 
 
 def _digest(root: Path) -> str:

@@ -1,4 +1,4 @@
-"""toolchain.text_samples: the synthetic reviews, their tokenisation and the tiny Keras text classifier."""
+"""tests.text_samples: the synthetic reviews, their tokenisation and the tiny Keras text classifier."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolchain import text_samples as ts
-from toolchain.text_samples import (
+from tests import text_samples as ts
+from tests.text_samples import (
     CLS,
     LABELS,
     NEGATIVE,

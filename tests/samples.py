@@ -1,4 +1,4 @@
-"""Small, real-ish sample data the project makes itself (no downloads): for the demo, tests and benchmarks.
+"""Small, real-ish sample data the tests and benchmarks make themselves (no downloads); not shipped in the package.
 
 - `make_shapes_detection_dataset` draws an Ultralytics YOLO-format detection dataset of filled squares,
   circles and triangles on noisy, textured backgrounds, with exact tight box labels.
