@@ -214,8 +214,8 @@ def _control_detector(
 
     from toolchain.optimize import finetune, measure, torch_source
     from toolchain.optimize.request import OptimizeRequest
-    from toolchain.pipeline import effective_preprocessing
     from toolchain.sources import resolve_source
+    from toolchain.stages.prepare import effective_preprocessing
 
     source = resolve_source(checkpoint)
     model = torch_source.load(source, shape)

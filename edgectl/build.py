@@ -148,6 +148,7 @@ def bundle_record(result) -> dict:
         "artifact_bytes": artifact_bytes(manifest),
         "validation": manifest.validation.model_dump(mode="json") if manifest.validation else None,
         "benchmark": manifest.benchmark.model_dump(mode="json") if manifest.benchmark else None,
+        "stage_seconds": result.stage_seconds,
     }
 
 

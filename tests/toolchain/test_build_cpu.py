@@ -171,21 +171,61 @@ def test_another_key_does_not_verify(built, capsys, tmp_path):
     assert result.code != 0 and "signature" in result.err
 
 
-def test_export_is_cached_across_builds(digits, keys, tmp_path):
-    from toolchain.pipeline import BuildRequest, build
+def _fp32_cpu_request(digits, keys, out):
+    """A quick build request: the digits model at FP32 for cpu, without data, two benchmark runs."""
+    from toolchain.pipeline import BuildRequest
 
-    request = BuildRequest(
+    return BuildRequest(
         model=str(digits.model),
         targets=["cpu"],
         precision="fp32",
         input_shape=[1, 1, 32, 32],
         sign_key=keys[0],
-        out=tmp_path,
+        out=out,
         bench_runs=2,
     )
+
+
+def test_export_is_cached_across_builds(digits, keys, tmp_path):
+    from toolchain.pipeline import build
+
+    request = _fp32_cpu_request(digits, keys, tmp_path)
     build(request)
     (second,) = build(request.model_copy(update={"version": 2}))
     assert second.export_cached
+
+
+def test_build_runs_its_stages_in_order_each_timed_and_shown_once(digits, keys, tmp_path):
+    """The build is the pipeline's stage lists: every stage that ran has its time in the result, in
+    the lists' order, and its progress line was shown once; a stage not needed (the FP32 reference,
+    without data to score it on) neither runs nor shows."""
+    from toolchain.pipeline import BUILD_STAGES, TARGET_STAGES, Reporter, build
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def stage(self, text):
+            self.lines.append(text)
+
+    names = [stage.name for stage in (*BUILD_STAGES, *TARGET_STAGES)]
+    assert len(names) == len(set(names))
+    reporter = Recorder()
+    (result,) = build(_fp32_cpu_request(digits, keys, tmp_path), reporter)
+    ran = [name for name in names if name != "reference"]
+    assert list(result.stage_seconds) == ran
+    assert all(seconds >= 0 for seconds in result.stage_seconds.values())
+    assert result.stage_seconds["export"] > 0 and result.stage_seconds["sign"] > 0
+    assert reporter.lines == [
+        "reading the model",
+        "exporting to ONNX (opset 17)",
+        "loading validation data",
+        "cpu: converting to fp32",
+        "cpu: benchmarking model.onnx",
+        "cpu: recording the health-check sample",
+        "cpu: signing the bundle",
+    ]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work or staging left
 
 
 def test_torch_export_program_builds(keys, tmp_path, capsys):

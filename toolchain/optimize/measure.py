@@ -22,7 +22,7 @@ WARMUP_RUNS = 5
 
 def fp32_onnx(source, shape: list[int]) -> Path:
     from toolchain.onnx_export import export_onnx
-    from toolchain.pipeline import PREFERRED_OPSET
+    from toolchain.stages.prepare import PREFERRED_OPSET
 
     return export_onnx(source, shape, PREFERRED_OPSET)[0]
 

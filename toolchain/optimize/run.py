@@ -131,8 +131,9 @@ def _staging(out: Path) -> tuple[Path, bool]:
 
 
 def optimize(req: OptimizeRequest, reporter=None) -> OptimizeReport:
-    from toolchain.pipeline import Reporter, effective_preprocessing
+    from toolchain.pipeline import Reporter
     from toolchain.sources import resolve_source
+    from toolchain.stages.prepare import effective_preprocessing
 
     reporter = reporter or Reporter()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
