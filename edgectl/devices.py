@@ -41,16 +41,16 @@ def list_command(
         return
     table = Table("device", "target", "group", "presence", "model", "slot", "desired", "health")
     for d in rows:
-        model = f"{d['model']['name']} v{d['model']['version']}" if d["model"]["name"] else ""
+        model = f"{d.model.name} v{d.model.version}" if d.model.name else ""
         table.add_row(
-            d["name"],
-            d["target"],
-            d["group"] or "",
-            "online" if d["online"] else "offline",
+            d.name,
+            d.target,
+            d.group or "",
+            "online" if d.online else "offline",
             model,
-            d["model"]["slot"] or "",
-            str(d["desired_version"] or ""),
-            d["health"],
+            d.model.slot or "",
+            str(d.desired_version or ""),
+            d.health,
         )
     console.print(table)
 
@@ -70,17 +70,13 @@ def show_command(
     if as_json:
         emit_json("device", d)
         return
-    model = (
-        f"{d['model']['name']} v{d['model']['version']} (slot {d['model']['slot']})"
-        if d["model"]["name"]
-        else "none"
-    )
+    model = f"{d.model.name} v{d.model.version} (slot {d.model.slot})" if d.model.name else "none"
     console.print(
-        f"[bold]{d['name']}[/] target {d['target']}, group {d['group'] or '-'}, tags {', '.join(d['tags']) or '-'}\n"
-        f"{'online' if d['online'] else 'offline'}, health {d['health']}, agent {d['agent_version'] or '?'}\n"
-        f"model {model}; desired {d['desired_version'] or '-'}; last update {d['last_update_state'] or '-'}"
+        f"[bold]{d.name}[/] target {d.target}, group {d.group or '-'}, tags {', '.join(d.tags) or '-'}\n"
+        f"{'online' if d.online else 'offline'}, health {d.health}, agent {d.agent_version or '?'}\n"
+        f"model {model}; desired {d.desired_version or '-'}; last update {d.last_update_state or '-'}"
     )
-    inference = (d.get("last_telemetry") or {}).get("inference")
+    inference = (d.last_telemetry or {}).get("inference")
     if inference:
         console.print(
             f"last telemetry: {inference['count']} inferences, {inference['errors']} errors, "
@@ -104,7 +100,7 @@ def enroll_command(
     with registry_client(registry, token) as client:
         created = client.enrollment_token(group=group, tags=tag or [], name=name, ttl_s=ttl)
     emit_or_print(
-        as_json, "enrollment-token", created, f"enrollment token (one use, shown once): {created['token']}"
+        as_json, "enrollment-token", created, f"enrollment token (one use, shown once): {created.token}"
     )
 
 
@@ -124,6 +120,6 @@ def revoke_command(
         as_json,
         "device",
         revoked,
-        f"revoked device {revoked['name']}: its token no longer works, and the broker's password file "
+        f"revoked device {revoked.name}: its token no longer works, and the broker's password file "
         "and ACL no longer list it",
     )

@@ -95,9 +95,9 @@ def push_command(
     if as_json:
         emit_json("push", result)
         return
-    state = "registered" if result["created"] else "already registered (nothing changed)"
+    state = "registered" if result.created else "already registered (nothing changed)"
     console.print(
-        f"{result['model']} v{result['version']} for {result['target']}: {state}\n"
-        f"archive sha256 {result['archive_sha256']} ({result['archive_size']} bytes"
-        f"{', stored' if result['stored_bytes'] else ', same bytes already stored'})"
+        f"{result.model} v{result.version} for {result.target}: {state}\n"
+        f"archive sha256 {result.archive_sha256} ({result.archive_size} bytes"
+        f"{', stored' if result.stored_bytes else ', same bytes already stored'})"
     )

@@ -16,13 +16,25 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-def emit_json(kind: str, payload: dict[str, Any]) -> None:
-    """One JSON document on stdout: {"schema": "edgectl.<kind>/1", ...payload}."""
-    document = {"schema": f"{JSON_SCHEMA_PREFIX}.{kind}/1", **payload}
+def plain(value: Any) -> Any:
+    """`value` with every pydantic model in it (the registry client's answers) as its JSON form."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def emit_json(kind: str, payload: Any) -> None:
+    """One JSON document on stdout: {"schema": "edgectl.<kind>/1", ...payload}; `payload` is a dict or
+    a pydantic model, and models inside it are written as their JSON form."""
+    document = {"schema": f"{JSON_SCHEMA_PREFIX}.{kind}/1", **plain(payload)}
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def emit_or_print(as_json: bool, kind: str, data: dict[str, Any], text: str) -> None:
+def emit_or_print(as_json: bool, kind: str, data: Any, text: str) -> None:
     """`emit_json(kind, data)` under --json, else `text` for people (one line per line, no wrapping)."""
     if as_json:
         emit_json(kind, data)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+
+if TYPE_CHECKING:
+    from registry_api.schemas import TokenInfo
 
 registry_app = typer.Typer(help="Run and administer the cloud registry.", no_args_is_help=True)
 
@@ -87,7 +90,7 @@ def token_command(
         )
     with registry_client(registry, token) as client:
         created = client.create_token(name, role)
-    text = f"{created['role']} token {created['name']} (shown once): {created['token']}"
+    text = f"{created.role} token {created.name} (shown once): {created.token}"
     emit_or_print(as_json, "token", created, text)
 
 
@@ -109,7 +112,7 @@ def tokens_command(
         return
     table = Table("name", "role", "created", "state")
     for row in rows:
-        table.add_row(row["name"], row["role"], _when(row["created_at"]), _state(row))
+        table.add_row(row.name, row.role, _when(row.created_at), _state(row))
     console.print(table)
 
 
@@ -134,7 +137,7 @@ def revoke_token_command(
         )
     with registry_client(registry, token) as client:
         revoked = client.revoke_token(name)
-    text = f"{_state(revoked)}: {revoked['role']} token {revoked['name']}"
+    text = f"{_state(revoked)}: {revoked.role} token {revoked.name}"
     emit_or_print(as_json, "token-revoked", revoked, text)
 
 
@@ -144,8 +147,8 @@ def _when(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _state(row: dict) -> str:
-    return f"revoked {_when(row['revoked_at'])}" if row.get("revoked_at") else "active"
+def _state(row: TokenInfo) -> str:
+    return f"revoked {_when(row.revoked_at)}" if row.revoked_at else "active"
 
 
 @registry_app.command("broker-files")

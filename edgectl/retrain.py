@@ -1,18 +1,21 @@
-"""`edgectl retrain ...`: the retraining loop on the registry (policies, sample upload, labels, jobs, drift),
-and `edgectl retrain evaluate`, the held-out comparison a job runs. See docs/retraining.md."""
+"""`edgectl retrain ...`: the retraining loop on the registry. This module holds the group and its policy,
+sample-upload, samples, label and source commands; `edgectl.retrain_jobs` adds the jobs, drift and
+`evaluate` (the held-out comparison a job runs). See docs/retraining.md."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+
+if TYPE_CHECKING:
+    from registry_api.retraining import PolicyInfo
 
 retrain_app = typer.Typer(
     help="The retraining loop: drift, sample upload, labels, policies and jobs.", no_args_is_help=True
@@ -27,6 +30,9 @@ POLICY_HINT = "see docs/retraining.md for the policy format"
 
 
 def register(app: typer.Typer) -> None:
+    from edgectl import retrain_jobs
+
+    retrain_jobs.register(retrain_app)
     app.add_typer(retrain_app, name="retrain")
 
 
@@ -65,25 +71,25 @@ def read_policy(path: Path) -> dict[str, Any]:
     return policy.model_dump(mode="json")
 
 
-def _policy_text(info: dict[str, Any]) -> str:
-    policy, status = info["policy"], info.get("status") or {}
-    entry = policy["entry_point"]
-    triggers = ", ".join(k for k, v in policy["triggers"].items() if v) or "by hand only"
+def _policy_text(info: PolicyInfo) -> str:
+    policy, status = info.policy, info.status
+    entry = policy.entry_point
+    triggers = ", ".join(k for k, v in policy.triggers.model_dump().items() if v) or "by hand only"
     lines = [
-        f"{info['model']} policy revision {info['revision']} ({'enabled' if policy['enabled'] else 'disabled'}), "
-        f"by {info['updated_by']}",
-        f"entry point: {entry['callable'] or ' '.join(entry['command'])}",
-        f"triggers: {triggers}; groups: {', '.join(policy['groups']) or 'all'}; "
-        f"min labeled samples {policy['min_labeled_samples']}; cooldown {policy['cooldown_s']:g} s",
+        f"{info.model} policy revision {info.revision} ({'enabled' if policy.enabled else 'disabled'}), "
+        f"by {info.updated_by}",
+        f"entry point: {entry.callable or ' '.join(entry.command)}",
+        f"triggers: {triggers}; groups: {', '.join(policy.groups) or 'all'}; "
+        f"min labeled samples {policy.min_labeled_samples}; cooldown {policy.cooldown_s:g} s",
     ]
     if status:
         lines.append(
-            f"labeled samples: {status['labeled_samples']} ({status['new_labeled_samples']} new); "
-            f"active job: {status['active_job'] or 'none'}"
+            f"labeled samples: {status.labeled_samples} ({status.new_labeled_samples} new); "
+            f"active job: {status.active_job or 'none'}"
         )
-        if status.get("blocked"):
-            lines.append(f"blocked: {status['blocked']}")
-        for series in status.get("drift", []):
+        if status.blocked:
+            lines.append(f"blocked: {status.blocked}")
+        for series in status.drift:
             lines.append(f"  drift v{series['version']} {series['group'] or '(no group)'}: {series}")
     return "\n".join(lines)
 
@@ -172,7 +178,7 @@ def sampling_command(
             flags = {"max_per_day": "--max-per-day", "max_confidence": "--max-confidence"}
             flags |= {"per_upload": "--per-upload", "upload_interval_s": "--interval"}
             try:
-                settings = SampleUploadSettings.model_validate({**info["samples"], **changes})
+                settings = SampleUploadSettings.model_validate({**info.samples.model_dump(), **changes})
             except ValidationError as exc:
                 first = exc.errors()[0]
                 flag = flags.get(str(first["loc"][0]), str(first["loc"][0]))
@@ -180,13 +186,13 @@ def sampling_command(
                     f"{flag}: {first['msg']}", hint="see edgectl retrain sampling --help"
                 ) from None
             info = client.set_sampling(group, settings.model_dump(mode="json"))
-    s = info["samples"]
+    s = info.samples
     emit_or_print(
         as_json,
         "retrain-sampling",
         info,
-        f"group {group}: sample upload {'ON' if s['enabled'] else 'off'}; at most {s['max_per_day']} a device a day, "
-        f"confidence below {s['max_confidence']:g}, {s['per_upload']} per upload every {s['upload_interval_s']:g} s",
+        f"group {group}: sample upload {'ON' if s.enabled else 'off'}; at most {s.max_per_day} a device a day, "
+        f"confidence below {s.max_confidence:g}, {s.per_upload} per upload every {s.upload_interval_s:g} s",
     )
 
 
@@ -247,17 +253,15 @@ def samples_command(
                 writer = csv.writer(handle)
                 writer.writerow(["sample_id", "predicted_label", "confidence", "label"])
                 for row in rows:
-                    data = client.sample_input(row["sample_id"])
-                    (export / f"{row['sample_id']}.npy").write_bytes(data)
-                    _preview(
-                        np.load(io.BytesIO(data), allow_pickle=False), export / f"{row['sample_id']}.png"
-                    )
+                    data = client.sample_input(row.sample_id)
+                    (export / f"{row.sample_id}.npy").write_bytes(data)
+                    _preview(np.load(io.BytesIO(data), allow_pickle=False), export / f"{row.sample_id}.png")
                     writer.writerow(
                         [
-                            row["sample_id"],
-                            row["predicted_label"] or row["predicted_class"],
-                            f"{row['confidence']:.4f}",
-                            row["label_name"] or "",
+                            row.sample_id,
+                            row.predicted_label or row.predicted_class,
+                            f"{row.confidence:.4f}",
+                            row.label_name or "",
                         ]
                     )
     if as_json:
@@ -266,13 +270,13 @@ def samples_command(
     table = Table("sample", "device", "group", "version", "confidence", "predicted", "label")
     for row in rows[:50]:
         table.add_row(
-            row["sample_id"][:12],
-            row["device"] or "-",
-            row["group"] or "-",
-            f"v{row['model_version']}",
-            f"{row['confidence']:.3f}",
-            str(row["predicted_label"] or row["predicted_class"]),
-            row["label_name"] or ("-" if row["label"] is None else str(row["label"])),
+            row.sample_id[:12],
+            row.device or "-",
+            row.group or "-",
+            f"v{row.model_version}",
+            f"{row.confidence:.3f}",
+            str(row.predicted_label or row.predicted_class),
+            row.label_name or ("-" if row.label is None else str(row.label)),
         )
     console.print(table)
     console.print(f"{len(rows)} samples" + (f"; exported to {export} (fill in labels.csv)" if export else ""))
@@ -357,8 +361,8 @@ def label_command(
         as_json,
         "retrain-labels",
         result,
-        f"{model}: {result['labeled']} newly labeled, {result['changed']} changed, {result['unchanged']} unchanged; "
-        f"{result['total_labeled']} labeled samples in all",
+        f"{model}: {result.labeled} newly labeled, {result.changed} changed, {result.unchanged} unchanged; "
+        f"{result.total_labeled} labeled samples in all",
     )
 
 
@@ -385,191 +389,5 @@ def source_command(
         as_json,
         "retrain-source",
         result,
-        f"{model} v{version}: source {result['source_sha256'][:16]}… stored",
+        f"{model} v{version}: source {result.source_sha256[:16]}… stored",
     )
-
-
-# --------------------------------------------------------------------------- jobs and drift
-
-
-def _job_text(job: dict[str, Any]) -> str:
-    lines = [
-        f"job {job['id']} {job['model']}: {job['state']}"
-        + (f" ({job['phase']})" if job["phase"] and job["state"] == "running" else "")
-        + f", {job['trigger']} trigger, v{job['parent_version']} -> "
-        + (f"v{job['new_version']}" if job["new_version"] else "?")
-        + f", attempt {job['attempt']} on {job['runner'] or '-'}"
-    ]
-    for target, figures in sorted((job.get("evaluation") or {}).items()):
-        lines.append(
-            f"  {target}: held-out {figures['metric']} parent {figures.get('parent', float('nan')):.2f}, "
-            f"candidate {figures.get('candidate', float('nan')):.2f} ({figures['samples']} samples)"
-        )
-    if job.get("reason"):
-        lines.append(f"  {job['reason']}")
-    if job.get("rollout_id"):
-        lines.append(f"  rollout {job['rollout_id']}: edgectl rollout status {job['rollout_id']}")
-    return "\n".join(lines)
-
-
-@retrain_app.command("run")
-def run_command(
-    model: ModelArg,
-    parent: Annotated[
-        int | None, typer.Option("--parent", help="Version to start from (default: the fleet's).", min=1)
-    ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Recorded with the job.")] = None,
-    registry: RegistryUrl = DEFAULT_URL,
-    token: RegistryToken = None,
-    as_json: AsJson = False,
-) -> None:
-    """Queue a retraining job for MODEL now, with its policy's entry point."""
-    from edgectl.output import emit_or_print
-
-    with registry_client(registry, token) as client:
-        job = client.retrain(model, parent, reason)
-    emit_or_print(as_json, "retrain-job", job, _job_text(job))
-
-
-@retrain_app.command("jobs")
-def jobs_command(
-    model: Annotated[str | None, typer.Option("--model", help="Only this model's.")] = None,
-    state: Annotated[
-        str | None, typer.Option("--state", help="queued, running, succeeded, rejected, failed...")
-    ] = None,
-    registry: RegistryUrl = DEFAULT_URL,
-    token: RegistryToken = None,
-    as_json: AsJson = False,
-) -> None:
-    """Retraining jobs, newest first."""
-    from edgectl.output import emit_or_print
-
-    with registry_client(registry, token) as client:
-        jobs = client.jobs(model, state)
-    emit_or_print(as_json, "retrain-jobs", {"jobs": jobs}, "\n".join(_job_text(j) for j in jobs) or "no jobs")
-
-
-@retrain_app.command("job")
-def job_command(
-    job_id: Annotated[int, typer.Argument(help="Job id (edgectl retrain jobs).", min=1)],
-    log: Annotated[bool, typer.Option("--log", help="Print the job's log too.")] = False,
-    registry: RegistryUrl = DEFAULT_URL,
-    token: RegistryToken = None,
-    as_json: AsJson = False,
-) -> None:
-    """One job: trigger, held-out figures, outcome (and its log)."""
-    from edgectl.output import emit_or_print
-
-    with registry_client(registry, token) as client:
-        job = client.job(job_id)
-        text = client.job_log(job_id) if log else None
-    emit_or_print(
-        as_json, "retrain-job", {**job, "log": text}, _job_text(job) + (f"\n{text}" if text else "")
-    )
-
-
-@retrain_app.command("cancel")
-def cancel_command(
-    job_id: Annotated[int, typer.Argument(help="Job id.", min=1)],
-    registry: RegistryUrl = DEFAULT_URL,
-    token: RegistryToken = None,
-    as_json: AsJson = False,
-) -> None:
-    """Cancel a queued or running job."""
-    from edgectl.output import emit_or_print
-
-    with registry_client(registry, token) as client:
-        job = client.cancel_job(job_id)
-    emit_or_print(as_json, "retrain-job", job, _job_text(job))
-
-
-@retrain_app.command("drift")
-def drift_command(
-    model: ModelArg,
-    version: Annotated[int | None, typer.Option("--version", help="Only this version.", min=1)] = None,
-    group: Annotated[str | None, typer.Option("--group", help="Only this device group.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="The newest N scores.", min=1, max=10_000)] = 20,
-    registry: RegistryUrl = DEFAULT_URL,
-    token: RegistryToken = None,
-    as_json: AsJson = False,
-) -> None:
-    """MODEL's fleet drift scores against its build-time reference, oldest first.
-
-    Input drift (what a drift trigger watches) and the prediction mix are apart: a skewed mix of classes
-    alone is no drift. Windows of fewer than 50 inferences are not scored."""
-    from rich.table import Table
-
-    from edgectl.output import console, emit_json
-
-    with registry_client(registry, token) as client:
-        points = client.drift(model, version=version, group=group, limit=limit)
-    if as_json:
-        emit_json("retrain-drift", {"points": points})
-        return
-    table = Table(
-        "time (UTC)",
-        "version",
-        "group",
-        "devices",
-        "samples",
-        "input drift (PSI confidence)",
-        "prediction mix (PSI class)",
-        "mean shift z",
-    )
-    for p in points:
-        table.add_row(
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p["at"])),
-            f"v{p['model_version']}",
-            p["group"] or "-",
-            str(p["devices"]),
-            str(p["samples"]),
-            f"{p['psi_confidence']:.3f}",
-            f"{p['psi_class']:.3f}",
-            f"{p['mean_shift_z']:.1f}",
-        )
-    console.print(table)
-
-
-# --------------------------------------------------------------------------- evaluation (what jobs run)
-
-
-@retrain_app.command("evaluate")
-def evaluate_command(
-    bundles: Annotated[list[Path], typer.Argument(help="Bundle archives or folders (classifiers).")],
-    data: Annotated[
-        Path, typer.Option("--data", help="Labeled .npz: x (model inputs) and y (class indices).")
-    ],
-    as_json: AsJson = False,
-) -> None:
-    """Top-1 of each bundle on labeled data, one sample at a time, with the build's runners."""
-    from edgectl.output import console, emit_json
-    from toolchain.errors import UserInputError
-    from toolchain.retrain import evaluate_bundle, load_labeled
-
-    for bundle in bundles:
-        if not bundle.exists():
-            raise UserInputError(
-                f"bundle {bundle} does not exist", hint="pass .edgebundle archives or bundle folders"
-            )
-    x, y = load_labeled(data)
-    results = [evaluate_bundle(bundle, x, y) for bundle in bundles]
-    rows = [
-        {
-            "bundle": str(r.bundle),
-            "name": r.name,
-            "version": r.version,
-            "target": r.target,
-            "metric": r.metric,
-            "value": r.value,
-            "samples": r.samples,
-            "predictions": r.predictions,
-        }
-        for r in results
-    ]
-    if as_json:
-        emit_json("retrain-evaluate", {"data": str(data), "labels": [int(v) for v in y], "results": rows})
-        return
-    for r in results:
-        console.print(
-            f"{r.name} v{r.version} {r.target}: {r.metric} {r.value:.2f} on {r.samples} samples ({r.bundle.name})"
-        )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgectl.fleet import DEFAULT_URL, AsJson, RegistryToken, RegistryUrl, registry_client
+
+if TYPE_CHECKING:
+    from registry_api.schemas import RolloutInfo
 
 rollout_app = typer.Typer(
     help="Roll a model version out to the fleet in waves, gated on telemetry.", no_args_is_help=True
@@ -41,32 +44,30 @@ def parse_waves(text: str) -> dict[str, Any]:
     return {"waves": waves}
 
 
-def _show(info: dict[str, Any]) -> None:
+def _show(info: RolloutInfo) -> None:
     from rich.table import Table
 
     from edgectl.output import console
 
     console.print(
-        f"[bold]rollout {info['id']}[/] {info['model']} v{info['version']}: [bold]{info['state']}[/]"
-        + (f" ({info['reason']})" if info.get("reason") else "")
+        f"[bold]rollout {info.id}[/] {info.model} v{info.version}: [bold]{info.state}[/]"
+        + (f" ({info.reason})" if info.reason else "")
     )
-    console.print(
-        f"{info['touched']} of {info['total']} devices touched; devices per state: {info['devices']}"
-    )
+    console.print(f"{info.touched} of {info.total} devices touched; devices per state: {info.devices}")
     table = Table("wave", "percent", "devices", "succeeded", "failed", "state")
-    for wave in info["waves"]:
+    for wave in info.waves:
         table.add_row(
-            str(wave["index"] + 1),
-            f"{wave['percent']:g}%",
-            str(wave["size"]),
-            str(wave["succeeded"]),
-            str(wave["failed"]),
-            wave["state"],
+            str(wave.index + 1),
+            f"{wave.percent:g}%",
+            str(wave.size),
+            str(wave.succeeded),
+            str(wave.failed),
+            wave.state,
         )
     console.print(table)
-    if info.get("waiting"):
-        console.print(f"waiting: {info['waiting']}")
-    gates = info.get("gates") or {}
+    if info.waiting:
+        console.print(f"waiting: {info.waiting}")
+    gates = info.gates or {}
     if gates:
         shown = {
             k: gates.get(k)
@@ -75,8 +76,8 @@ def _show(info: dict[str, Any]) -> None:
         console.print(
             "gates: " + ", ".join(f"{k} {'—' if v is None else f'{v:.4g}'}" for k, v in shown.items())
         )
-    for decision in info["decisions"][-5:]:
-        console.print(f"  {decision['action']}: {decision['reason']}")
+    for decision in info.decisions[-5:]:
+        console.print(f"  {decision.action}: {decision.reason}")
 
 
 @rollout_app.command("create")
@@ -171,12 +172,12 @@ def list_command(
     table = Table("id", "model", "state", "wave", "touched", "reason")
     for info in rows:
         table.add_row(
-            str(info["id"]),
-            f"{info['model']} v{info['version']}",
-            info["state"],
-            f"{info['current_wave'] + 1}/{len(info['waves'])}",
-            f"{info['touched']}/{info['total']}",
-            info.get("reason") or "",
+            str(info.id),
+            f"{info.model} v{info.version}",
+            str(info.state),
+            f"{info.current_wave + 1}/{len(info.waves)}",
+            f"{info.touched}/{info.total}",
+            info.reason or "",
         )
     console.print(table)
 

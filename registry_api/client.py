@@ -1,4 +1,9 @@
-"""A small HTTP client of the registry's admin API (httpx only), used by the CLI and the tests.
+"""A small typed HTTP client of the registry's admin API (httpx only), used by the CLI and the tests.
+
+Every method returns the answer as the schema the route declares (`registry_api.schemas`,
+`registry_api.retraining`), validated on arrival: a caller reads `info.state`, not `info["state"]`,
+and a registry that answers with a shape this client does not know is a `RegistryError`, not a
+`KeyError` three calls later. `model_dump(mode="json")` gives back the JSON the registry sent.
 
 Errors come out as one `RegistryError` with a message and a hint, whatever went
 wrong: the registry cannot be reached, refused the token, or refused the request
@@ -7,13 +12,19 @@ wrong: the registry cannot be reached, refused the token, or refused the request
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 
 from edgebase.errors import HintedError
+from registry_api import retraining as rs
+from registry_api import schemas
+
+T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV, TOKEN_ENV = "EDGECTL_REGISTRY_URL", "EDGECTL_REGISTRY_TOKEN"
@@ -35,6 +46,25 @@ _HINTS = {
     413: "the registry's upload limit is EDGECTL_REGISTRY_MAX_UPLOAD_BYTES",
     422: "see the message for the field or file that is wrong",
 }
+
+
+@cache
+def _adapter(kind: Any) -> TypeAdapter:
+    return TypeAdapter(kind)
+
+
+def _typed(kind: type[T], data: Any, what: str) -> T:
+    """The answer as `kind`; a RegistryError when the registry answered something else."""
+    try:
+        return _adapter(kind).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        raise RegistryError(
+            f"the registry answered {what} in a shape this edgectl does not know ({where}: {first['msg']})",
+            hint="use an edgectl of the registry's version",
+            status=502,  # an answer that is not what the route declares: a bad gateway, as HTTP says
+        ) from None
 
 
 class RegistryClient:
@@ -88,122 +118,147 @@ class RegistryClient:
 
     # models and bundles
 
-    def push(self, archive: Path) -> dict[str, Any]:
+    def push(self, archive: Path) -> schemas.PushResult:
         with open(archive, "rb") as handle:
-            return self.request(
+            answer = self.request(
                 "POST",
                 "/api/v1/bundles",
                 content=handle,
                 headers={"Content-Type": "application/octet-stream"},
             )
+        return _typed(schemas.PushResult, answer, "the push")
 
-    def models(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/api/v1/models")
+    def models(self) -> list[schemas.ModelSummary]:
+        return _typed(list[schemas.ModelSummary], self.request("GET", "/api/v1/models"), "the models")
 
-    def model(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/models/{name}")
+    def model(self, name: str) -> schemas.ModelInfo:
+        return _typed(schemas.ModelInfo, self.request("GET", f"/api/v1/models/{name}"), "the model")
 
-    def set_alias(self, model: str, alias: str, version: int) -> dict[str, Any]:
-        return self.request("PUT", f"/api/v1/models/{model}/aliases/{alias}", json={"version": version})
+    def set_alias(self, model: str, alias: str, version: int) -> schemas.AliasInfo:
+        answer = self.request("PUT", f"/api/v1/models/{model}/aliases/{alias}", json={"version": version})
+        return _typed(schemas.AliasInfo, answer, "the alias")
 
     # devices
 
-    def devices(self, **filters: Any) -> list[dict[str, Any]]:
+    def devices(self, **filters: Any) -> list[schemas.DeviceInfo]:
         params = {k: v for k, v in filters.items() if v is not None}
-        return self.request("GET", "/api/v1/devices", params=params)
+        return _typed(
+            list[schemas.DeviceInfo], self.request("GET", "/api/v1/devices", params=params), "the devices"
+        )
 
-    def device(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/devices/{quote(name, safe='')}")
+    def device(self, name: str) -> schemas.DeviceInfo:
+        answer = self.request("GET", f"/api/v1/devices/{quote(name, safe='')}")
+        return _typed(schemas.DeviceInfo, answer, "the device")
 
-    def enrollment_token(self, **body: Any) -> dict[str, Any]:
-        return self.request("POST", "/api/v1/enrollment-tokens", json=body)
+    def enrollment_token(self, **body: Any) -> schemas.EnrollmentTokenCreated:
+        answer = self.request("POST", "/api/v1/enrollment-tokens", json=body)
+        return _typed(schemas.EnrollmentTokenCreated, answer, "the enrollment token")
 
-    def revoke_device(self, name: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/api/v1/devices/{quote(name, safe='')}")
+    def revoke_device(self, name: str) -> schemas.DeviceInfo:
+        answer = self.request("DELETE", f"/api/v1/devices/{quote(name, safe='')}")
+        return _typed(schemas.DeviceInfo, answer, "the device")
 
     # rollouts
 
-    def create_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/api/v1/rollouts", json=body)
+    def create_rollout(self, body: dict[str, Any]) -> schemas.RolloutInfo:
+        return _typed(schemas.RolloutInfo, self.request("POST", "/api/v1/rollouts", json=body), "the rollout")
 
-    def rollout(self, rollout_id: int) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/rollouts/{rollout_id}")
+    def rollout(self, rollout_id: int) -> schemas.RolloutInfo:
+        return _typed(
+            schemas.RolloutInfo, self.request("GET", f"/api/v1/rollouts/{rollout_id}"), "the rollout"
+        )
 
-    def rollouts(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", "/api/v1/rollouts", params={"state": state} if state else None)
+    def rollouts(self, state: str | None = None) -> list[schemas.RolloutInfo]:
+        answer = self.request("GET", "/api/v1/rollouts", params={"state": state} if state else None)
+        return _typed(list[schemas.RolloutInfo], answer, "the rollouts")
 
-    def rollout_action(self, rollout_id: int, action: str, reason: str | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"reason": reason})
+    def rollout_action(self, rollout_id: int, action: str, reason: str | None = None) -> schemas.RolloutInfo:
+        answer = self.request("POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"reason": reason})
+        return _typed(schemas.RolloutInfo, answer, "the rollout")
 
     # tokens and broker files
 
-    def create_token(self, name: str, role: str) -> dict[str, Any]:
-        return self.request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+    def create_token(self, name: str, role: str) -> schemas.TokenCreated:
+        answer = self.request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+        return _typed(schemas.TokenCreated, answer, "the token")
 
-    def tokens(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/api/v1/tokens")
+    def tokens(self) -> list[schemas.TokenInfo]:
+        return _typed(list[schemas.TokenInfo], self.request("GET", "/api/v1/tokens"), "the tokens")
 
-    def revoke_token(self, name: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/api/v1/tokens/{quote(name, safe='')}")
+    def revoke_token(self, name: str) -> schemas.TokenInfo:
+        answer = self.request("DELETE", f"/api/v1/tokens/{quote(name, safe='')}")
+        return _typed(schemas.TokenInfo, answer, "the token")
 
     def broker_file(self, name: str) -> str:
         return self.request("GET", f"/api/v1/broker/{name}")
 
     # the retraining loop
 
-    def sampling(self, group: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/groups/{group}/sampling")
+    def sampling(self, group: str) -> rs.GroupSampling:
+        return _typed(
+            rs.GroupSampling, self.request("GET", f"/api/v1/groups/{group}/sampling"), "the sampling"
+        )
 
-    def set_sampling(self, group: str, settings: dict[str, Any]) -> dict[str, Any]:
-        return self.request("PUT", f"/api/v1/groups/{group}/sampling", json=settings)
+    def set_sampling(self, group: str, settings: dict[str, Any]) -> rs.GroupSampling:
+        answer = self.request("PUT", f"/api/v1/groups/{group}/sampling", json=settings)
+        return _typed(rs.GroupSampling, answer, "the sampling")
 
-    def samples(self, model: str, **filters: Any) -> list[dict[str, Any]]:
+    def samples(self, model: str, **filters: Any) -> list[rs.SampleInfo]:
         params = {k: v for k, v in filters.items() if v is not None}
-        return self.request("GET", f"/api/v1/models/{model}/samples", params=params)
+        answer = self.request("GET", f"/api/v1/models/{model}/samples", params=params)
+        return _typed(list[rs.SampleInfo], answer, "the samples")
 
     def sample_input(self, sample_id: str) -> bytes:
         return self.request("GET", f"/api/v1/samples/{sample_id}/input", raw=True)
 
-    def upload_labels(self, model: str, labels: list[dict[str, Any]], source: str | None) -> dict[str, Any]:
-        return self.request(
+    def upload_labels(self, model: str, labels: list[dict[str, Any]], source: str | None) -> rs.LabelResult:
+        answer = self.request(
             "POST", f"/api/v1/models/{model}/labels", json={"labels": labels, "source": source}
         )
+        return _typed(rs.LabelResult, answer, "the labels")
 
-    def upload_source(self, model: str, version: int, path: Path) -> dict[str, Any]:
+    def upload_source(self, model: str, version: int, path: Path) -> rs.SourceStored:
         with open(path, "rb") as handle:
-            return self.request(
+            answer = self.request(
                 "PUT",
                 f"/api/v1/models/{model}/versions/{version}/source",
                 content=handle,
                 headers={"Content-Type": "application/octet-stream"},
             )
+        return _typed(rs.SourceStored, answer, "the source")
 
-    def policy(self, model: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/models/{model}/retraining-policy")
+    def policy(self, model: str) -> rs.PolicyInfo:
+        return _typed(
+            rs.PolicyInfo, self.request("GET", f"/api/v1/models/{model}/retraining-policy"), "the policy"
+        )
 
-    def set_policy(self, model: str, policy: dict[str, Any]) -> dict[str, Any]:
-        return self.request("PUT", f"/api/v1/models/{model}/retraining-policy", json=policy)
+    def set_policy(self, model: str, policy: dict[str, Any]) -> rs.PolicyInfo:
+        answer = self.request("PUT", f"/api/v1/models/{model}/retraining-policy", json=policy)
+        return _typed(rs.PolicyInfo, answer, "the policy")
 
     def delete_policy(self, model: str) -> None:
         self.request("DELETE", f"/api/v1/models/{model}/retraining-policy")
 
-    def retrain(self, model: str, parent_version: int | None, reason: str | None) -> dict[str, Any]:
+    def retrain(self, model: str, parent_version: int | None, reason: str | None) -> rs.JobInfo:
         body = {"parent_version": parent_version, "reason": reason}
-        return self.request("POST", f"/api/v1/models/{model}/retrain", json=body)
+        return _typed(
+            rs.JobInfo, self.request("POST", f"/api/v1/models/{model}/retrain", json=body), "the job"
+        )
 
-    def jobs(self, model: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, model: str | None = None, state: str | None = None) -> list[rs.JobInfo]:
         params = {k: v for k, v in (("model", model), ("state", state)) if v}
-        return self.request("GET", "/api/v1/jobs", params=params)
+        return _typed(list[rs.JobInfo], self.request("GET", "/api/v1/jobs", params=params), "the jobs")
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/jobs/{job_id}")
+    def job(self, job_id: int) -> rs.JobInfo:
+        return _typed(rs.JobInfo, self.request("GET", f"/api/v1/jobs/{job_id}"), "the job")
 
     def job_log(self, job_id: int) -> str:
         return self.request("GET", f"/api/v1/jobs/{job_id}/log") or ""
 
-    def cancel_job(self, job_id: int) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+    def cancel_job(self, job_id: int) -> rs.JobInfo:
+        return _typed(rs.JobInfo, self.request("POST", f"/api/v1/jobs/{job_id}/cancel"), "the job")
 
-    def drift(self, model: str, **filters: Any) -> list[dict[str, Any]]:
+    def drift(self, model: str, **filters: Any) -> list[rs.DriftPoint]:
         params = {k: v for k, v in filters.items() if v is not None}
-        return self.request("GET", f"/api/v1/models/{model}/drift", params=params)
+        answer = self.request("GET", f"/api/v1/models/{model}/drift", params=params)
+        return _typed(list[rs.DriftPoint], answer, "the drift points")

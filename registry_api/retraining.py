@@ -2,7 +2,8 @@
 
 The policy is the one document a model owner writes (YAML or JSON, `edgectl retrain policy set`);
 docs/retraining.md describes every field. Like the rest of the admin API, bodies forbid unknown
-fields, so a typo in a policy is an error, not a silently ignored setting.
+fields, so a typo in a policy is an error, not a silently ignored setting. Over 400 lines on purpose:
+the policy is one document, and its fields are declared here in the order docs/retraining.md gives them.
 """
 
 from __future__ import annotations
@@ -344,6 +345,18 @@ class LabelResult(BaseModel):
     changed: int = Field(description="Samples whose label changed.")
     unchanged: int
     total_labeled: int = Field(description="Labeled samples of the model now.")
+
+
+class SourceStored(BaseModel):
+    """A version's source model, stored for the retraining jobs that start from it."""
+
+    model: str
+    version: int
+    source_sha256: str
+    size: int
+    stored_bytes: bool = Field(
+        description="Whether the blob store added the file (False: it held these bytes)."
+    )
 
 
 class DatasetInfo(BaseModel):

@@ -167,3 +167,64 @@ def test_serve_with_ray_jobs_but_no_ray_says_which_extra(capsys, env, tmp_path, 
     result = run(capsys, "registry", "serve")
     assert_user_error(result, 2, "needs the Python package 'ray'")
     assert "edgectl[jobs-ray]" in result.err
+
+
+def test_the_typed_client_gives_back_exactly_the_json_the_registry_sent(env, signing, tmp_path):
+    """Every answer is the route's schema; dumped again it is the registry's own JSON, so the CLI's
+    --json output did not change when the client became typed."""
+    import httpx
+
+    from registry_api import schemas
+    from registry_api.client import RegistryClient
+
+    with RegistryClient(env.url, ADMIN_TOKEN) as client:
+        pushed = client.push(make_bundle(tmp_path, signing[0]))
+        assert isinstance(pushed, schemas.PushResult) and pushed.created
+        client.create_token("ci", "deployer")
+        client.enrollment_token(group="lab")
+        answers = {
+            "/api/v1/models": client.models(),
+            "/api/v1/models/digits": client.model("digits"),
+            "/api/v1/tokens": client.tokens(),
+            "/api/v1/devices": client.devices(),
+            "/api/v1/rollouts": client.rollouts(),
+        }
+    raw = httpx.Client(base_url=env.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    for path, answer in answers.items():
+        dumped = (
+            [item.model_dump(mode="json") for item in answer]
+            if isinstance(answer, list)
+            else answer.model_dump(mode="json")
+        )
+        assert dumped == raw.get(path).json(), path
+    assert isinstance(answers["/api/v1/tokens"][0], schemas.TokenInfo)
+
+
+def test_an_answer_of_an_unknown_shape_is_one_error_not_a_traceback(capsys, tmp_path):
+    """A server that answers 200 with something else than the route's schema (another program on the
+    port, a registry of another version) is one error line and a hint, exit 5 like an unreachable one."""
+    import http.server
+    import threading
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'[{"name": "dev-1"}]'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Stranger)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run(capsys, "devices", "list", "--registry", url, "--token", "t")
+        assert_user_error(result, 5, "the registry answered the devices in a shape", "0.fleet")
+        assert "Traceback" not in result.err
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -73,9 +73,10 @@ def test_one_short_sample_does_not_judge_and_the_status_says_what_the_wave_waits
     )
 
     from edgectl.rollout import _show  # what `edgectl rollout status` prints
+    from registry_api.schemas import RolloutInfo  # the typed client's answer
 
     capsys.readouterr()
-    _show(info)
+    _show(RolloutInfo.model_validate(info))
     printed = " ".join(capsys.readouterr().out.split())
     assert "waiting: wave 1: gates wait for evidence: 0 of 1 devices reported 20 inferences" in printed
 

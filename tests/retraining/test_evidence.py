@@ -230,6 +230,7 @@ def test_a_skewed_class_mix_is_no_drift_unless_the_policy_says_so(fleet, signing
 
 def test_policy_show_says_a_job_waits_for_labels(fleet, signing, tmp_path):
     from edgectl.retrain import _policy_text
+    from registry_api.retraining import PolicyInfo
 
     api = fleet.api
     assert api.push(make_bundle(tmp_path, signing[0], drift_reference=REFERENCE)).status_code == 201
@@ -242,7 +243,8 @@ def test_policy_show_says_a_job_waits_for_labels(fleet, signing, tmp_path):
         "the drift trigger fires, but no job can start for want of labels: 0 labeled samples, "
         "the policy needs 3 (edgectl retrain label)"
     )
-    assert f"blocked: {info['status']['blocked']}" in _policy_text(info).splitlines()
+    typed = PolicyInfo.model_validate(info)  # what the typed client hands the CLI
+    assert f"blocked: {info['status']['blocked']}" in _policy_text(typed).splitlines()
 
 
 def test_a_canary_that_answers_one_class_in_the_field_is_rolled_back(fleet, signing, tmp_path):

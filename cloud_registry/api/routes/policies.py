@@ -70,7 +70,7 @@ def retrain(
     return job_info(job)
 
 
-def _store_source(registry, name: str, version: int, path, sha256: str, size: int) -> dict:  # type: ignore[no-untyped-def]
+def _store_source(registry, name: str, version: int, path, sha256: str, size: int) -> rs.SourceStored:  # type: ignore[no-untyped-def]
     from cloud_registry import db
 
     with db.transaction(registry.factory) as session:
@@ -82,7 +82,7 @@ def _store_source(registry, name: str, version: int, path, sha256: str, size: in
             )
         stored = registry.store.put(sha256, path)
         samples.ensure_blob(session, sha256, size)
-    return {"model": name, "version": version, "source_sha256": sha256, "size": size, "stored_bytes": stored}
+    return rs.SourceStored(model=name, version=version, source_sha256=sha256, size=size, stored_bytes=stored)
 
 
 @router.put(
@@ -97,7 +97,7 @@ def _store_source(registry, name: str, version: int, path, sha256: str, size: in
 )
 async def upload_source(
     name: ModelName, version: VersionNumber, request: Request, registry: RegistryDep, principal: Deployer
-) -> dict:
+) -> rs.SourceStored:
     async with received(request, registry.settings.max_upload_bytes, what="source model") as body:
         try:
             return await run_in_threadpool(
