@@ -28,7 +28,7 @@ from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from cloud_registry import models as m
-from edgewire.messages import FAILED_UPDATE_STATES
+from edgewire.update_states import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -38,7 +38,7 @@ from cloud_registry import crud, gates
 from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
 from edgewire.commands import sign_rollback
-from edgewire.messages import FAILED_UPDATE_STATES
+from edgewire.update_states import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.rollouts")

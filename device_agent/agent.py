@@ -30,8 +30,8 @@ from device_agent.pipeline import Pipeline
 from device_agent.registry_client import RegistryClient, RegistryError
 from device_agent.runtimes import SessionOptions
 from device_agent.samples import SampleUploader
-from device_agent.state import AgentState, Slot, SlotInfo, StateStore, UpdateRecord
-from device_agent.update import AgentPaths, Updater
+from device_agent.state import AgentPaths, AgentState, Slot, SlotInfo, StateStore, UpdateRecord
+from device_agent.update import Updater
 from edgebundle import BundleError, verify_bundle
 from edgewire import ModelRef, Paths, Presence, QueueStats, SystemStats, Telemetry, Topics, UpdateStatus
 from edgewire.messages import dump_payload

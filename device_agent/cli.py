@@ -198,8 +198,7 @@ def _fetch_status(config) -> dict | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from device_agent.state import StateStore
-    from device_agent.update import AgentPaths
+    from device_agent.state import AgentPaths, StateStore
 
     config = _config(args)
     status = _fetch_status(config)

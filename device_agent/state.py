@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,48 @@ log = logging.getLogger(__name__)
 Slot = Literal["a", "b"]
 SLOTS: tuple[Slot, Slot] = ("a", "b")
 STATE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    """Where the agent keeps its files: state.json, the A/B slots, downloads, the outbox, engines, its lock."""
+
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def slots(self) -> Path:
+        return self.root / "slots"
+
+    @property
+    def staging(self) -> Path:
+        return self.slots / "incoming"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox.sqlite"
+
+    @property
+    def engines(self) -> Path:
+        return self.root / "engines"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "agent.lock"
+
+    def slot(self, slot: str) -> Path:
+        return self.slots / slot
+
+    def create(self) -> None:
+        for folder in (self.root, self.slots, self.downloads, self.engines):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 class _State(BaseModel):

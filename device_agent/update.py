@@ -1,11 +1,8 @@
-"""The OTA update lifecycle: one table of (state, event) -> state, persisted on entering every state.
+"""The OTA update lifecycle on the device: what each state does, moved along the contract's one table.
 
-```
- (idle: IDLE or a final state) --desired--> QUEUED --accepted--> DOWNLOADING --downloaded--> VERIFYING
- VERIFYING --verified--> INSTALLING --installed--> HEALTHCHECK --healthy--> SUCCEEDED (the switch)
- QUEUED / VERIFYING --rejected--> REJECTED       HEALTHCHECK --unhealthy / crash_loop--> ROLLED_BACK
- DOWNLOADING / VERIFYING / INSTALLING --failed--> FAILED    (QUEUED..VERIFYING) --superseded--> FAILED
-```
+The states, their facts (final, failed, risky, supersedable) and the table of (state, event) -> state
+are the wire contract's (`edgewire.update_states`, drawn there); this module holds the behaviour: one
+action per working state (`ACTIONS`), and the state persisted on entering every state.
 
 What each state does, and what a kill there leaves:
 - QUEUED: checks what the desired message says (target, size cap, version or
@@ -46,12 +43,19 @@ from device_agent import faults
 from device_agent.download import DownloadCancelled, Downloader, DownloadError, DownloadPolicy, archive_paths
 from device_agent.errors import AgentError
 from device_agent.persist import remove_temporaries
-from device_agent.state import SLOTS, AgentState, Slot, SlotInfo, StateStore, UpdateRecord
+from device_agent.state import AgentPaths, AgentState, Slot, SlotInfo, StateStore, UpdateRecord
 from edgebase.durable import fsync_dir, remove_tree
 from edgebundle import BundleError, open_verified, read_manifest
 from edgewire import DesiredModel
 from edgewire.commands import RollbackRefused, verify_rollback
-from edgewire.messages import FINAL_UPDATE_STATES
+from edgewire.update_states import (
+    FINAL_UPDATE_STATES,
+    IDLE,
+    IDLE_STATES,
+    RISKY_UPDATE_STATES,
+    SUPERSEDABLE_UPDATE_STATES,
+    UPDATE_TRANSITIONS,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -62,41 +66,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDLE = "IDLE"
-FINAL = FINAL_UPDATE_STATES  # the contract's, said once
-IDLE_STATES = frozenset({IDLE, *FINAL})
-# States whose work can crash the agent (extraction, loading a model): restarts there are counted.
-RISKY = frozenset({"VERIFYING", "INSTALLING", "HEALTHCHECK"})
-
-# The whole lifecycle. Anything not in this table is a bug, and raises.
-TRANSITIONS: dict[tuple[str, str], str] = {
-    **{(idle, "desired"): "QUEUED" for idle in IDLE_STATES},
-    **{(idle, "already_serving"): "SUCCEEDED" for idle in IDLE_STATES},
-    ("QUEUED", "accepted"): "DOWNLOADING",
-    ("QUEUED", "failed"): "FAILED",
-    ("QUEUED", "rejected"): "REJECTED",
-    ("QUEUED", "superseded"): "FAILED",
-    ("DOWNLOADING", "downloaded"): "VERIFYING",
-    ("DOWNLOADING", "failed"): "FAILED",
-    ("DOWNLOADING", "superseded"): "FAILED",
-    ("VERIFYING", "verified"): "INSTALLING",
-    ("VERIFYING", "rejected"): "REJECTED",
-    ("VERIFYING", "failed"): "FAILED",
-    ("VERIFYING", "superseded"): "FAILED",
-    ("VERIFYING", "crash_loop"): "FAILED",
-    ("INSTALLING", "installed"): "HEALTHCHECK",
-    ("INSTALLING", "failed"): "FAILED",
-    ("INSTALLING", "crash_loop"): "FAILED",
-    ("HEALTHCHECK", "healthy"): "SUCCEEDED",
-    ("HEALTHCHECK", "unhealthy"): "ROLLED_BACK",
-    ("HEALTHCHECK", "crash_loop"): "ROLLED_BACK",
+# What the agent does in each working state: the name of the Updater method that decides its event.
+ACTIONS: dict[str, str] = {
+    "QUEUED": "_check_desired",
+    "DOWNLOADING": "_download",
+    "VERIFYING": "_verify",
+    "INSTALLING": "_install",
+    "HEALTHCHECK": "_healthcheck",
 }
-SUPERSEDABLE = frozenset({"QUEUED", "DOWNLOADING", "VERIFYING"})
 
 
 def next_state(state: str, event: str) -> str:
     try:
-        return TRANSITIONS[(state, event)]
+        return UPDATE_TRANSITIONS[(state, event)]
     except KeyError:
         raise RuntimeError(f"update machine: no transition from {state} on {event}") from None
 
@@ -109,46 +91,6 @@ class Outcome:
     reason: str | None = None
     change: Callable[[AgentState], None] | None = None
     then: Callable[[], None] | None = None  # in memory, once the new state is on disk (serve the new model)
-
-
-@dataclass(frozen=True)
-class AgentPaths:
-    root: Path
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def slots(self) -> Path:
-        return self.root / "slots"
-
-    @property
-    def staging(self) -> Path:
-        return self.slots / "incoming"
-
-    @property
-    def downloads(self) -> Path:
-        return self.root / "downloads"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "outbox.sqlite"
-
-    @property
-    def engines(self) -> Path:
-        return self.root / "engines"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "agent.lock"
-
-    def slot(self, slot: str) -> Path:
-        return self.slots / slot
-
-    def create(self) -> None:
-        for folder in (self.root, self.slots, self.downloads, self.engines):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 @dataclass(frozen=True)
@@ -192,11 +134,7 @@ class Updater:
         self._cancel = threading.Event()
         self._stop = threading.Event()
         self._actions: dict[str, Callable[[UpdateRecord], Outcome]] = {
-            "QUEUED": self._check_desired,
-            "DOWNLOADING": self._download,
-            "VERIFYING": self._verify,
-            "INSTALLING": self._install,
-            "HEALTHCHECK": self._healthcheck,
+            state: getattr(self, method) for state, method in ACTIONS.items()
         }
 
     # ------------------------------------------------------------------ state and reports
@@ -254,7 +192,7 @@ class Updater:
         faults.crash_point(f"enter:{new}")
         if new == "ROLLED_BACK":
             self._restore()
-        if new in FINAL:
+        if new in FINAL_UPDATE_STATES:
             self._clean_up(record)
         return new
 
@@ -284,7 +222,11 @@ class Updater:
             self._offers = [(d, s) for d, s in self._offers if d.update_id != desired.update_id]
             self._offers.append((desired, local_source))
             record = self.record
-            if record is not None and record.state in SUPERSEDABLE and self._supersedes(desired, record):
+            if (
+                record is not None
+                and record.state in SUPERSEDABLE_UPDATE_STATES
+                and self._supersedes(desired, record)
+            ):
                 self._cancel.set()
             self._offered.notify_all()
 
@@ -316,7 +258,7 @@ class Updater:
             and desired.issued_at < last.desired.issued_at
         ):
             return  # older than the registry's update we last ran: stale
-        if last is not None and last.update_id == desired.update_id and last.state in FINAL:
+        if last is not None and last.update_id == desired.update_id and last.state in FINAL_UPDATE_STATES:
             retry_failed = time.time() - last.entered_at >= self.config.update.retry_failed_after_s
             if last.state != "FAILED" or not retry_failed:
                 return  # done with this update (a retained or polled message repeats it)
@@ -333,7 +275,7 @@ class Updater:
         record = self.record
         if record is None:
             return
-        if record.state in RISKY:
+        if record.state in RISKY_UPDATE_STATES:
             with self.lock:
                 record.resumes += 1
             self._save()
@@ -343,7 +285,7 @@ class Updater:
                 )
                 return
         self._report_current()
-        if record.state in FINAL:
+        if record.state in FINAL_UPDATE_STATES:
             self._clean_up(record)
 
     def fall_back(self, slot: Slot) -> None:
@@ -367,7 +309,7 @@ class Updater:
                 if offer is not None and not self._stop.is_set():
                     self._consider(*offer)
                 continue
-            if record.state in SUPERSEDABLE and self._newer_offer_waiting(record):
+            if record.state in SUPERSEDABLE_UPDATE_STATES and self._newer_offer_waiting(record):
                 self._cancel.clear()
                 self.fire(Outcome("superseded", "a newer desired version arrived"))
                 continue
@@ -627,11 +569,7 @@ def install_local(updater: Updater, archive: Path) -> UpdateRecord:
 
 
 __all__ = [
-    "FINAL",
-    "IDLE",
-    "SLOTS",
-    "TRANSITIONS",
-    "AgentPaths",
+    "ACTIONS",
     "Keys",
     "Outcome",
     "Updater",

@@ -23,7 +23,6 @@ from edgewire.device_api import (
     SampleUploadSettings,
 )
 from edgewire.messages import (
-    UPDATE_STATES,
     DesiredModel,
     DriftSummary,
     InferenceStats,
@@ -32,16 +31,17 @@ from edgewire.messages import (
     QueueStats,
     SystemStats,
     Telemetry,
-    UpdateState,
     UpdateStatus,
     new_message_id,
     parse_payload,
 )
 from edgewire.topics import Topics, parse_topic
+from edgewire.update_states import UPDATE_STATES, UPDATE_TRANSITIONS, UpdateState
 
 __all__ = [
     "API_PREFIX",
     "UPDATE_STATES",
+    "UPDATE_TRANSITIONS",
     "DesiredModel",
     "DesiredResponse",
     "DeviceConfig",

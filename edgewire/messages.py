@@ -27,27 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgebundle.manifest import DriftSummary
 from edgewire.commands import RollbackOrder
 from edgewire.topics import ID_PATTERN
+from edgewire.update_states import UpdateState
 
 WIRE_SCHEMA = 1
 MAX_PAYLOAD_BYTES = 256 * 1024  # anything larger is refused before it is parsed
 _MSG_ID_RE = r"^[0-9a-f]{32}$"
 
-UpdateState = Literal[
-    "QUEUED",
-    "DOWNLOADING",
-    "VERIFYING",
-    "INSTALLING",
-    "HEALTHCHECK",
-    "SUCCEEDED",
-    "FAILED",
-    "ROLLED_BACK",
-    "REJECTED",
-]
-UPDATE_STATES: tuple[str, ...] = UpdateState.__args__  # type: ignore[attr-defined]
-# States after which an update is over, one way or the other.
-FINAL_UPDATE_STATES = frozenset({"SUCCEEDED", "FAILED", "ROLLED_BACK", "REJECTED"})
-# The final states that count against a version: the registry's rollout gates and metrics read these.
-FAILED_UPDATE_STATES: tuple[str, ...] = ("FAILED", "ROLLED_BACK", "REJECTED")
 Slot = Literal["a", "b"]
 
 
@@ -132,6 +117,9 @@ class Telemetry(_Queued):
 
 class UpdateStatus(_Queued):
     """One transition of a device's update, as the registry's rollout needs to see it."""
+
+    # `state` holds the plain string after validation, as before the states were an enum
+    model_config = ConfigDict(use_enum_values=True)
 
     kind: Literal["update"] = "update"
     update_id: str = Field(min_length=1, max_length=64, description="Which desired version this is about.")
