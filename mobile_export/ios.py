@@ -14,6 +14,7 @@ license (--author, --license), the bundle's name, target and key id. Only the mo
 changes, never its program or weights; the hashes in model-info.json are of the files as written.
 The size check compares the package with the guidance for on-demand download (the profile's
 `on_demand_guidance_mb`): above it, deliver the model as an on-demand resource or a background asset.
+The stamping is `mobile_export.coreml_metadata`; the Swift is `mobile_export.ios_swift`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from mobile_export.common import (
     open_bundle,
     require_runtime,
     staged_output,
-    template,
     validation_summary,
 )
 
@@ -65,7 +65,7 @@ _SWIFT_KEYWORDS = {
     "Type",
     "Any",
 }
-_SWIFT_UNITS = {
+SWIFT_UNITS = {
     "ALL": "all",
     "CPU_AND_NE": "cpuAndNeuralEngine",
     "CPU_AND_GPU": "cpuAndGPU",
@@ -185,6 +185,9 @@ def export_ios(
     license_text: str = "",
 ) -> ExportResult:
     """Verify `bundle`, then write the package, model-info.json, the Swift file and README.md to `out` at once."""
+    from mobile_export.coreml_metadata import stamp_metadata
+    from mobile_export.ios_swift import swift_file_name, swift_snippet
+
     if class_name is not None and (not _CLASS_RE.match(class_name) or class_name in _SWIFT_KEYWORDS):
         raise UserInputError(
             f"--class-name {class_name!r} is not a Swift type name",
@@ -340,223 +343,6 @@ def model_info(manifest: Manifest, class_name: str) -> IOSModelInfo:
     )
 
 
-# --------------------------------------------------------------------------- metadata
-
-
-def _root_model(package: Path) -> Path:
-    document = json.loads((package / "Manifest.json").read_text())
-    entry = document["itemInfoEntries"][document["rootModelIdentifier"]]
-    return package / "Data" / entry["path"]
-
-
-def stamp_metadata(
-    package: Path, *, version: str, author: str, license_text: str, extra: dict[str, str]
-) -> Stamped | None:
-    """Write version, author, license and `extra` into the package's model description; None without coremltools.
-
-    Only the spec's metadata changes: the program and the weights are byte for byte the bundle's.
-    """
-    from edgebase.deps import is_available
-
-    if not is_available("coremltools"):
-        return None
-    from edgebase.deps import import_coremltools
-
-    import_coremltools()
-    from coremltools.proto import Model_pb2
-
-    path = _root_model(package)
-    spec = Model_pb2.Model()
-    spec.ParseFromString(path.read_bytes())
-    metadata = spec.description.metadata
-    metadata.versionString = version
-    if author:
-        metadata.author = author
-    if license_text:
-        metadata.license = license_text
-    for key, value in extra.items():
-        metadata.userDefined[key] = value
-    path.write_bytes(spec.SerializeToString())
-    check = Model_pb2.Model()
-    check.ParseFromString(path.read_bytes())
-    if check.description.metadata.versionString != version:  # a bug here, not the user's input
-        raise RuntimeError(f"the metadata of {package.name} did not read back")
-    return Stamped(version=version, author=metadata.author, license=metadata.license)
-
-
-def read_metadata(package: Path) -> dict[str, str]:
-    """The exported package's metadata: version, author, license, description and the user-defined keys."""
-    from edgebase.deps import import_coremltools
-
-    import_coremltools()
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    spec.ParseFromString(_root_model(package).read_bytes())
-    metadata = spec.description.metadata
-    return {
-        "version": metadata.versionString,
-        "author": metadata.author,
-        "license": metadata.license,
-        "description": metadata.shortDescription,
-        **dict(metadata.userDefined),
-    }
-
-
-# --------------------------------------------------------------------------- Swift
-
-
-def swift_file_name(info: IOSModelInfo) -> str:
-    return f"{info.class_name}+Vision.swift" if info.image is not None else f"{info.class_name}+Run.swift"
-
-
-def _swift_number(value: float) -> str:
-    text = f"{value:.6g}"
-    return text if any(c in text for c in ".e") else f"{text}.0"
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        template = template.replace(f"@{key}@", value)
-    return template
-
-
-def swift_snippet(manifest: Manifest, info: IOSModelInfo) -> str:
-    """Swift for this model: Vision for image models (classifier or detector), the generated class otherwise."""
-    values = {
-        "CLASS": info.class_name,
-        "NAME": manifest.name,
-        "VERSION": str(manifest.version),
-        "TARGET": manifest.target,
-        "UNITS": _SWIFT_UNITS.get(info.compute_units, "all"),
-        "INPUT": info.inputs[0].name,
-        "FILE": swift_file_name(info),
-    }
-    imports = ["CoreML"] if info.image is None else ["CoreImage", "CoreML", "Vision"]
-    header = _fill(_SWIFT_HEADER, {**values, "IMPORTS": "\n".join(f"import {m}" for m in imports)})
-    if info.image is None:
-        first = info.inputs[0]
-        output = info.outputs[0].name
-        count = 1
-        for dim in first.shape:
-            count *= dim
-        values.update(
-            {"SHAPE": ", ".join(str(d) for d in first.shape), "COUNT": str(count), "OUTPUT": output}
-        )
-        return header + _fill(_SWIFT_TENSOR, values)
-    image = info.image
-    values.update(
-        {
-            "WIDTH": str(image.width),
-            "HEIGHT": str(image.height),
-            "FILL": str(image.letterbox_fill),
-            "COLOR": image.color,
-        }
-    )
-    letterbox = image.resize_mode == "letterbox"
-    body = _fill(_SWIFT_PREPARE_LETTERBOX if letterbox else _SWIFT_PREPARE_STRETCH, values)
-    if info.thresholds is not None:
-        values.update(
-            {"CONF": _swift_number(info.thresholds.confidence), "IOU": _swift_number(info.thresholds.iou)}
-        )
-        return (
-            header
-            + _fill(_SWIFT_DETECTOR, values).replace("@PREPARE@", body)
-            + _fill(_SWIFT_THRESHOLDS, values)
-        )
-    return header + _fill(_SWIFT_CLASSIFIER, values).replace("@PREPARE@", body)
-
-
-_SWIFT_HEADER = template("ios/header.swift")
-
-_SWIFT_PREPARE_STRETCH = template("ios/prepare_stretch.swift")
-
-_SWIFT_PREPARE_LETTERBOX = template("ios/prepare_letterbox.swift")
-
-_SWIFT_RENDER = template("ios/render.swift")
-
-_SWIFT_CLASSIFIER = (
-    """
-/// Classifies upright images (`CIImage(cvPixelBuffer:).oriented(...)`) with @CLASS@ through Vision.
-final class @CLASS@Classifier {
-    static let inputSize = CGSize(width: @WIDTH@, height: @HEIGHT@)
-    private let request: VNCoreMLRequest
-    private let context = CIContext(options: [.workingColorSpace: NSNull()])  // pixel values as they are
-
-    init(computeUnits: MLComputeUnits = .@UNITS@) throws {
-        let configuration = MLModelConfiguration()
-        configuration.computeUnits = computeUnits
-        let model = try VNCoreMLModel(for: @CLASS@(configuration: configuration).model)
-        request = VNCoreMLRequest(model: model)
-        request.imageCropAndScaleOption = .scaleFill  // the buffer already has the model's size
-    }
-
-    /// The `top` best labels with their probabilities (the package's outputs are probabilities).
-    func classify(_ image: CIImage, top: Int = 3) throws -> [(label: String, confidence: Float)] {
-        let (pixels, _, _) = try prepare(image)
-        try VNImageRequestHandler(cvPixelBuffer: pixels, options: [:]).perform([request])
-        let observations = (request.results as? [VNClassificationObservation]) ?? []
-        return observations.sorted { $0.confidence > $1.confidence }.prefix(top).map { ($0.identifier, $0.confidence) }
-    }
-@PREPARE@"""
-    + _SWIFT_RENDER
-    + "}\n"
-)
-
-_SWIFT_DETECTOR = (
-    """
-/// One detected object, in the pixels of the image given to `detect` (origin top left).
-struct @CLASS@Detection {
-    let label: String
-    let confidence: Float
-    let box: CGRect
-}
-
-/// Detects objects in upright images (`CIImage(cvPixelBuffer:).oriented(...)`) with @CLASS@ through Vision:
-/// the package's NMS stage keeps the boxes, and their coordinates are mapped back to the image.
-final class @CLASS@Detector {
-    static let inputSize = CGSize(width: @WIDTH@, height: @HEIGHT@)
-    private let request: VNCoreMLRequest
-    private let context = CIContext(options: [.workingColorSpace: NSNull()])  // pixel values as they are
-
-    init(confidenceThreshold: Double = @CONF@, iouThreshold: Double = @IOU@, computeUnits: MLComputeUnits = .@UNITS@) throws {
-        let configuration = MLModelConfiguration()
-        configuration.computeUnits = computeUnits
-        let model = try VNCoreMLModel(for: @CLASS@(configuration: configuration).model)
-        model.inputImageFeatureName = "@INPUT@"
-        model.featureProvider = @CLASS@Thresholds(iou: iouThreshold, confidence: confidenceThreshold)
-        request = VNCoreMLRequest(model: model)
-        request.imageCropAndScaleOption = .scaleFill  // the buffer already has the model's size
-    }
-
-    func detect(_ image: CIImage) throws -> [@CLASS@Detection] {
-        let (pixels, ratio, pad) = try prepare(image)
-        try VNImageRequestHandler(cvPixelBuffer: pixels, options: [:]).perform([request])
-        let observations = (request.results as? [VNRecognizedObjectObservation]) ?? []
-        return observations.map { observation in
-            // boundingBox is normalized to the model's input, origin bottom left
-            let box = observation.boundingBox
-            let rect = CGRect(
-                x: (box.minX * Self.inputSize.width - pad.x) / ratio,
-                y: ((1 - box.maxY) * Self.inputSize.height - pad.y) / ratio,
-                width: box.width * Self.inputSize.width / ratio,
-                height: box.height * Self.inputSize.height / ratio
-            )
-            // The score is the observation's confidence: each row of the package's confidence output holds only
-            // its best class's score, so labels[0].confidence (that label's share of the row) is always 1.
-            return @CLASS@Detection(label: observation.labels.first?.identifier ?? "", confidence: observation.confidence, box: rect)
-        }
-    }
-@PREPARE@"""
-    + _SWIFT_RENDER
-    + "}\n"
-)
-
-_SWIFT_THRESHOLDS = template("ios/thresholds.swift")
-
-_SWIFT_TENSOR = template("ios/tensor.swift")
-
-
 # --------------------------------------------------------------------------- README
 
 
@@ -580,7 +366,7 @@ def readme(info: IOSModelInfo, snippet: str) -> str:
         f"1. Drag `{info.package}` into the project navigator and tick your app target. Xcode compiles it at "
         f"build time and generates the class `{info.class_name}`.",
         f"2. Set the app's deployment target to iOS {info.deployment_target[3:]} or later.",
-        f"3. Add `{snippet}` to the target. Compute units: `.{_SWIFT_UNITS.get(info.compute_units, 'all')}` by default.",
+        f"3. Add `{snippet}` to the target. Compute units: `.{SWIFT_UNITS.get(info.compute_units, 'all')}` by default.",
     ]
     if info.thresholds is not None:
         t = info.thresholds

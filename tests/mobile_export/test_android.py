@@ -166,7 +166,8 @@ def test_exported_int8_model_gives_the_bundles_outputs_and_classifies(exported, 
 
 
 def test_embedded_model_info_reads_back(exported):
-    from mobile_export.android import read_metadata, read_model_info
+    from mobile_export.android import read_model_info
+    from mobile_export.tflite_metadata import read_metadata
 
     out, _ = exported
     info = _info(out)
@@ -192,7 +193,7 @@ def test_embedding_keeps_the_fp16_model_exact(exported, android):
 
 
 def test_kotlin_runner_has_this_models_numbers(exported):
-    from mobile_export.android import kotlin_float
+    from mobile_export.android_kotlin import kotlin_float
 
     out, _ = exported
     info = _info(out)
@@ -289,7 +290,8 @@ def test_token_input_gets_a_token_helper():
         TensorSpec,
         ToolchainInfo,
     )
-    from mobile_export.android import kotlin_runner, model_info
+    from mobile_export.android import model_info
+    from mobile_export.android_kotlin import kotlin_runner
 
     manifest = Manifest(
         name="tokens",

@@ -131,7 +131,7 @@ def test_model_info_matches_the_bundle(digits_app, bundles):
 
 
 def test_package_is_the_bundles_with_only_its_metadata_stamped(digits_app, bundles):
-    from mobile_export.ios import read_metadata
+    from mobile_export.coreml_metadata import read_metadata
     from toolchain.backends.coreml.checks import read_package
 
     out, _ = digits_app
@@ -211,7 +211,8 @@ def test_tensor_model_gets_the_generated_class_call():
         TensorSpec,
         ToolchainInfo,
     )
-    from mobile_export.ios import model_info, swift_file_name, swift_snippet
+    from mobile_export.ios import model_info
+    from mobile_export.ios_swift import swift_file_name, swift_snippet
 
     features_in = [CoreMLFeature(name="features", kind="multiarray", shape=[1, 8], dtype="float32")]
     features_out = [CoreMLFeature(name="scores", kind="multiarray", shape=[1, 2], dtype="float32")]
