@@ -1,24 +1,14 @@
 """Staged rollouts: a version to a selection of devices in waves, gated on the devices' telemetry.
 
+This module is the engine's primitives (create, start a wave, add joiners, revert, finish, the
+operator's actions) and the reading of a rollout; the gate values are `rollout_evidence`, and the
+loop that drives running rollouts is `reconciler`.
+
 All state lives in the database (rollouts, their waves and devices, decisions,
 gate evaluations); `Reconciler.tick` reads it, decides, and writes back, so a
 registry restarted mid-rollout carries on from the rows, and with several
 replicas on PostgreSQL each rollout is advanced by one of them at a time
-(`SELECT ... FOR UPDATE SKIP LOCKED`).
-
-One tick of a running rollout:
-0. devices that joined its selection since it was created (enrolled into its
-   group, moved into it, tagged) and are in no other active rollout join its
-   next wave (a wave appended for them while the last one runs), as hawkBit's
-   dynamic groups do;
-1. gate values over every device of the started waves (see `gates`);
-2. a gate above its threshold: halt, and order every updated device back to its
-   previous version with a signed `RollbackOrder`;
-3. else, the current wave: once the share of its devices that SUCCEEDED meets
-   the success threshold (and, if the policy asks, enough inferences came in),
-   it must stay healthy for `bake_s`; then the next wave starts, or the rollout
-   completes. A wave that does not meet its threshold within `wave_timeout_s`
-   halts the rollout the same way.
+(`SELECT ... FOR UPDATE SKIP LOCKED`); one tick is drawn in `reconciler`.
 Every decision is a `RolloutDecision` row with its reason.
 """
 
@@ -27,31 +17,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, object_session, sessionmaker
+from sqlalchemy.orm import Session, object_session
 
-from cloud_registry import crud, gates
+from cloud_registry import crud
 from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
+from cloud_registry.rollout_evidence import FAILED_STATES
 from edgewire.commands import sign_rollback
 from edgewire.update_states import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.rollouts")
 
-FAILED_STATES = ("failed", "rolled_back")
-TOUCHED_STATES = ("updating", "succeeded", "failed", "rolled_back", "reverting", "reverted", "revert_failed")
-
 
 def _update_id(rollout_id: int, device_id: int, version: int, kind: str = "u") -> str:
     return f"r{rollout_id}-{kind}{version}-d{device_id}"
 
 
-def _decide(
+def decide(
     session: Session, rollout: m.Rollout, action: str, reason: str, actor: str, **details: Any
 ) -> m.RolloutDecision:
     row = m.RolloutDecision(
@@ -140,7 +127,7 @@ def create_rollout(
         start += size
     session.flush()
     session.refresh(rollout)
-    _decide(
+    decide(
         session,
         rollout,
         "created",
@@ -150,11 +137,11 @@ def create_rollout(
         excluded={k: v for k, v in excluded.items() if v},
         dropped_empty_waves=[p for p, s in zip(percents, sizes, strict=True) if s == 0],
     )
-    publications = _start_wave(session, rollout, 0, actor, public_url)
+    publications = start_wave(session, rollout, 0, actor, public_url)
     return rollout, publications
 
 
-def _start_wave(
+def start_wave(
     session: Session, rollout: m.Rollout, index: int, actor: str, public_url: str
 ) -> list[Publication]:
     wave = rollout.wave_rows[index]
@@ -195,7 +182,7 @@ def _start_wave(
                 rollout_id=rollout.id,
             )
         )
-    _decide(
+    decide(
         session,
         rollout,
         "wave_started",
@@ -245,7 +232,7 @@ def _joiners(session: Session, rollout: m.Rollout) -> list[m.Device]:
     return devices
 
 
-def _add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
+def add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
     """Put the devices that joined the selection into the rollout's next wave, as hawkBit's dynamic groups do.
 
     The next wave is the one after the current; while the last wave runs, a new wave (100 %) is appended for
@@ -268,7 +255,7 @@ def _add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
             m.RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=index, from_version=previous)
         )
     session.flush()
-    _decide(
+    decide(
         session,
         rollout,
         "devices_joined",
@@ -279,190 +266,10 @@ def _add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
     )
 
 
-# --------------------------------------------------------------------------- gate values
-
-
-def _device_windows(
-    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice], policy: schemas.GatePolicy
-) -> list[tuple[gates.Window, gates.Window]]:
-    """(before, after) per updated device: its telemetry on its previous version before it was told to
-    update, and on the new version since it reported SUCCEEDED (empty when it has not)."""
-    to_version = rollout.version.version
-    model_name = rollout.version.model.name
-    starts = [e.started_at for e in entries if e.started_at is not None]
-    # Aggregates of the hours these windows overlap exist only once raw telemetry that old was rolled up
-    # (a rollout older than the retention): one query says whether to look for them at all.
-    hourly = bool(starts) and (
-        session.scalar(
-            select(m.TelemetryHourly.id)
-            .where(m.TelemetryHourly.hour > min(starts) - policy.baseline_window_s - 3600)
-            .limit(1)
-        )
-        is not None
-    )
-    session.flush()  # the entries' states and times as this step left them, for the joins below
-    ids = {e.id for e in entries if e.started_at is not None}
-    before_rows, after_rows = _window_rows(session, rollout, model_name, to_version, policy.baseline_window_s)
-    per_entry = {i: (gates.Window(), gates.Window()) for i in ids}
-    for rows, side in ((before_rows, 0), (after_rows, 1)):
-        for entry_id, count, errors, p95, drift, interval_s in rows:
-            if entry_id in per_entry:
-                drift = drift or {}
-                per_entry[entry_id][side].add(
-                    count, errors, p95, drift.get("confidence_hist"), interval_s, drift.get("class_hist")
-                )
-    if hourly:
-        before_hours, after_hours = _hourly_rows(
-            session, rollout, model_name, to_version, policy.baseline_window_s
-        )
-        for rows, side in ((before_hours, 0), (after_hours, 1)):
-            for entry_id, row in rows:
-                if entry_id in per_entry:
-                    per_entry[entry_id][side].merge(_hourly_window(row))
-    return [per_entry[e.id] for e in entries if e.started_at is not None]
-
-
-def _window_rows(
-    session: Session, rollout: m.Rollout, model_name: str, to_version: int, baseline_window_s: float
-):
-    """Every telemetry row of the rollout's devices that falls in a gate window, each row with its rollout
-    entry's id (see `_gate_rows`)."""
-    t = m.TelemetryRecord
-
-    def within(start, stop=None):  # a report counts in the window it was received in
-        return (t.received_at >= start, *(() if stop is None else (t.received_at < stop,)))
-
-    columns = (t.count, t.errors, t.latency_ms_p95, t.drift, t.interval_s)
-    return _gate_rows(session, rollout, t, columns, within, model_name, to_version, baseline_window_s)
-
-
-def _hourly_rows(
-    session: Session, rollout: m.Rollout, model_name: str, to_version: int, baseline_window_s: float
-):
-    """Telemetry past its retention (cloud_registry.retention), to the hour, for the same two windows, each
-    aggregate with its rollout entry's id. Raw rows and aggregates never cover the same message."""
-    h = m.TelemetryHourly
-
-    def within(start, stop=None):  # an hourly aggregate counts in a window its hour overlaps
-        return (h.hour > start - 3600, *(() if stop is None else (h.hour < stop,)))
-
-    return _gate_rows(session, rollout, h, (h,), within, model_name, to_version, baseline_window_s)
-
-
-def _gate_rows(
-    session: Session, rollout: m.Rollout, table, columns, within, model_name, to_version, baseline_window_s
-):
-    """(before, after) rows of `table` (raw telemetry or its hourly aggregates) for the rollout's started
-    devices, in two joined queries: before, the device's previous version in the baseline window before
-    it was told to update; after, the new version since it reported SUCCEEDED. `within(start, stop)`
-    says which of the table's rows fall in a window. One query per device and window made a
-    10,000-device rollout's reconciler spend seconds on each tick."""
-    rd = m.RolloutDevice
-    joined = (
-        select(rd.id, *columns)
-        .join(rd, rd.device_id == table.device_id)
-        .where(rd.rollout_id == rollout.id, rd.started_at.is_not(None), table.model_name == model_name)
-    )
-    before = session.execute(
-        joined.where(
-            rd.from_version.is_not(None),
-            table.model_version == rd.from_version,
-            *within(rd.started_at - baseline_window_s, rd.started_at),
-        )
-    ).all()
-    after = session.execute(
-        joined.where(
-            rd.state == "succeeded",
-            rd.finished_at.is_not(None),
-            table.model_version == to_version,
-            *within(rd.finished_at),
-        )
-    ).all()
-    return before, after
-
-
-def _hourly_window(row: m.TelemetryHourly) -> gates.Window:
-    return gates.Window(
-        inferences=row.inferences,
-        errors=row.errors,
-        p95_weighted=row.p95_weighted,
-        p95_count=row.p95_count,
-        confidence=list(row.confidence_hist or []),
-        seconds=row.seconds,
-    )
-
-
-def pooled_windows(
-    session: Session, rollout: m.Rollout, entries: list[m.RolloutDevice]
-) -> tuple[list[tuple[gates.Window, gates.Window]], gates.Window, gates.Window, gates.Evidence]:
-    """These devices' (before, after) windows, and their pool under the rollout's minimum-evidence rules:
-    what the gates judge on (and the retraining loop's canary checks, on the same evidence)."""
-    policy = schemas.GatePolicy.model_validate(rollout.policy)
-    windows = _device_windows(session, rollout, entries, policy)
-    before, after, evidence = gates.pool(
-        windows,
-        min_device_inferences=policy.min_device_inferences,
-        min_baked_s=policy.min_baked_s,
-        min_devices=policy.min_devices,
-    )
-    return windows, before, after, evidence
-
-
-def evaluate(session: Session, rollout: m.Rollout) -> dict[str, Any]:
-    """Gate values over the devices of the started waves, with the figures and the evidence they come from."""
-    policy = schemas.GatePolicy.model_validate(rollout.policy)
-    started = [e for e in rollout.devices if e.wave <= rollout.current_wave]
-    updated = [e for e in started if e.state in TOUCHED_STATES]
-    failed = [e for e in updated if e.state in FAILED_STATES]
-    windows, before, after, evidence = pooled_windows(
-        session, rollout, [e for e in updated if e.state not in FAILED_STATES]
-    )
-    telemetry = gates.telemetry_values(before, after, policy.min_inferences)
-    if not evidence.enough:
-        telemetry = dict.fromkeys(telemetry)
-    values: dict[str, Any] = {
-        "failure_rate": len(failed) / len(updated) if updated else None,
-        **telemetry,
-    }
-    return {
-        **values,
-        "updated": len(updated),
-        "failed": len(failed),
-        "baseline_devices": evidence.baseline_devices,
-        "judged_devices": evidence.judged_devices,
-        "needed_devices": evidence.needed_devices,
-        "inferences_before": sum(b.inferences for b, _ in windows),  # every updated device's, judged or not
-        "inferences_after": sum(a.inferences for _, a in windows),
-        "judged_inferences_before": before.inferences,  # the judged devices' alone
-        "judged_inferences_after": after.inferences,
-        "error_rate_before": before.error_rate,
-        "error_rate_after": after.error_rate,
-        "p95_ms_before": before.p95_ms,
-        "p95_ms_after": after.p95_ms,
-    }
-
-
-def waiting_for_evidence(values: dict[str, Any], policy: schemas.GatePolicy, version: int) -> str | None:
-    """Why the telemetry gates cannot judge yet, when they can judge at all; None when they can."""
-    baseline, judged, needed = values["baseline_devices"], values["judged_devices"], values["needed_devices"]
-    if baseline == 0:
-        return None  # no device served its previous version enough to compare with: nothing to wait for
-    rule = f"{policy.min_device_inferences} inferences over {policy.min_baked_s:g} s"
-    if judged < needed:
-        return f"{judged} of {needed} devices reported {rule} on v{version}"
-    pooled_before, pooled_after = values["judged_inferences_before"], values["judged_inferences_after"]
-    if pooled_after < policy.min_inferences:  # the baseline will not grow: only the new version is waited for
-        return (
-            f"the judged devices' {pooled_after} of {policy.min_inferences} inferences on v{version} "
-            f"({pooled_before} before)"
-        )
-    return None
-
-
 # --------------------------------------------------------------------------- reverting
 
 
-def _revert(
+def revert(
     session: Session, rollout: m.Rollout, reason: str, command_key: Ed25519PrivateKey, public_url: str
 ) -> list[Publication]:
     """Order every device of the started waves back to its previous version; pending devices stay untouched."""
@@ -515,7 +322,7 @@ FINISH_EVENTS = {
 }
 
 
-def _move(rollout: m.Rollout, action: str, refusal: str | None = None) -> str:
+def move(rollout: m.Rollout, action: str, refusal: str | None = None) -> str:
     """The state `action` takes the rollout to, by `schemas.ROLLOUT_TRANSITIONS`; Conflict where it has none."""
     to = schemas.ROLLOUT_TRANSITIONS.get((rollout.state, action))
     if to is None:
@@ -526,7 +333,7 @@ def _move(rollout: m.Rollout, action: str, refusal: str | None = None) -> str:
     return to
 
 
-def _finish(rollout: m.Rollout, state: str, reason: str) -> None:
+def finish(rollout: m.Rollout, state: str, reason: str) -> None:
     now = time.time()
     rollout.state, rollout.reason, rollout.finished_at, rollout.updated_at = state, reason, now, now
     for wave in rollout.wave_rows:
@@ -571,11 +378,11 @@ def _switch(
 ) -> m.Rollout:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
     allowed = " or ".join(schemas.rollout_sources(action))
-    to = _move(
+    to = move(
         rollout, action, f"rollout {rollout_id} is {rollout.state}; only a {allowed} rollout can be {done}"
     )
     rollout.state, rollout.updated_at = to, time.time()
-    _decide(session, rollout, done, reason or f"{done} by operator", actor)
+    decide(session, rollout, done, reason or f"{done} by operator", actor)
     return rollout
 
 
@@ -589,10 +396,10 @@ def resume(session: Session, *, rollout_id: int, actor: str, reason: str | None)
 
 def abort(session: Session, *, rollout_id: int, actor: str, reason: str | None) -> m.Rollout:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
-    to = _move(rollout, "abort", f"rollout {rollout_id} is {rollout.state} already")
+    to = move(rollout, "abort", f"rollout {rollout_id} is {rollout.state} already")
     text = reason or "aborted by operator: no further waves; updated devices keep the new version"
-    _finish(rollout, to, text)
-    _decide(session, rollout, "aborted", text, actor)
+    finish(rollout, to, text)
+    decide(session, rollout, "aborted", text, actor)
     return rollout
 
 
@@ -606,213 +413,17 @@ def rollback(
     public_url: str,
 ) -> tuple[m.Rollout, list[Publication]]:
     rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
-    to = _move(
+    to = move(
         rollout, "rollback", f"rollout {rollout_id} is {rollout.state}; its devices were ordered back already"
     )
     text = reason or "manual rollback by operator"
-    publications = _revert(session, rollout, text, command_key, public_url)
-    _finish(rollout, to, text)
-    _decide(session, rollout, "rolled_back", text, actor, devices=len(publications))
+    publications = revert(session, rollout, text, command_key, public_url)
+    finish(rollout, to, text)
+    decide(session, rollout, "rolled_back", text, actor, devices=len(publications))
     return rollout, publications
 
 
-# --------------------------------------------------------------------------- the reconciler
-
-
-class Reconciler:
-    """Advances every running rollout; `tick` is one pass, `run` loops until stopped."""
-
-    actor = "reconciler"
-
-    def __init__(
-        self,
-        factory: sessionmaker[Session],
-        *,
-        command_key: Ed25519PrivateKey,
-        public_url: str,
-        publish: Callable[[list[Publication]], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.factory, self.command_key, self.public_url = factory, command_key, public_url
-        self.publish, self.clock = publish, clock
-
-    def tick(self) -> None:
-        with self.factory() as session:
-            ids = list(
-                session.scalars(
-                    select(m.Rollout.id).where(m.Rollout.state == "running").order_by(m.Rollout.id)
-                )
-            )
-        for rollout_id in ids:
-            try:
-                self._step_one(rollout_id)
-            except Exception:  # one broken rollout must not stop the others
-                log.exception("rollout %s: reconcile failed", rollout_id)
-
-    def _step_one(self, rollout_id: int) -> None:
-        publications: list[Publication] = []
-        with self.factory() as session, session.begin():
-            rollout = session.scalar(
-                select(m.Rollout)
-                .where(m.Rollout.id == rollout_id, m.Rollout.state == "running")
-                .with_for_update(skip_locked=True)
-            )
-            if rollout is None:  # finished meanwhile, or another replica holds it
-                return
-            publications = self.step(session, rollout)
-        if publications:
-            self.publish(publications)
-
-    def step(self, session: Session, rollout: m.Rollout) -> list[Publication]:
-        now = self.clock()
-        policy = schemas.GatePolicy.model_validate(rollout.policy)
-        _add_joiners(session, rollout, self.actor)
-        values = evaluate(session, rollout)
-        crossed = gates.crossed_gates(values, policy)
-        if crossed:
-            self._record_values(session, rollout, {**values, "waiting": None}, crossed, now)
-            thresholds = {
-                "failure_rate": policy.max_failure_rate,
-                "error_rate_increase": policy.max_error_rate_increase,
-                "p95_regression": policy.max_p95_regression,
-                "confidence_psi": policy.max_confidence_psi,
-            }
-            reason = "; ".join(f"{g} {values[g]:.4g} > {thresholds[g]:g}" for g in crossed)
-            publications = _revert(
-                session, rollout, f"health gate crossed: {reason}", self.command_key, self.public_url
-            )
-            _finish(rollout, _move(rollout, "halt"), f"health gate crossed: {reason}")
-            _decide(
-                session,
-                rollout,
-                "halted",
-                f"health gate crossed in wave {rollout.current_wave + 1}: {reason}",
-                self.actor,
-                values=values,
-                rolled_back=len(publications),
-            )
-            return publications
-        wave = rollout.wave_rows[rollout.current_wave]
-        entries = [e for e in rollout.devices if e.wave == wave.index]
-        succeeded = sum(e.state == "succeeded" for e in entries)
-        share = succeeded / len(entries) if entries else 1.0
-        short = waiting_for_evidence(values, policy, rollout.version.version)
-        if short is None and policy.min_inferences and values["inferences_after"] < policy.min_inferences:
-            short = f"{values['inferences_after']} of {policy.min_inferences} inferences after the update"
-        enough_data = short is None
-        threshold_met = gates.meets(share, policy.success_threshold)
-        if not threshold_met:
-            waiting = (
-                f"wave {wave.index + 1}: {succeeded}/{len(entries)} devices succeeded, "
-                f"{policy.success_threshold:.0%} needed"
-            )
-        elif not enough_data:
-            waiting = f"wave {wave.index + 1}: gates wait for evidence: {short}"
-        else:  # constant while it bakes, so the evaluations kept do not change every tick
-            waiting = f"wave {wave.index + 1}: baking, healthy for {policy.bake_s:g} s before the next step"
-        if threshold_met and enough_data:
-            if wave.healthy_since is None:
-                wave.healthy_since = now
-                _decide(
-                    session,
-                    rollout,
-                    "wave_threshold_met",
-                    f"wave {wave.index + 1}: {succeeded}/{len(entries)} succeeded ({share:.0%} >= {policy.success_threshold:.0%}); "
-                    f"watching it for {policy.bake_s:g} s",
-                    self.actor,
-                    values=values,
-                )
-            if now - wave.healthy_since >= policy.bake_s:
-                wave.state, wave.completed_at = "completed", now
-                if wave.index + 1 >= len(rollout.wave_rows):
-                    _finish(
-                        rollout,
-                        _move(rollout, "complete"),
-                        "every wave met its success threshold with gates below their limits",
-                    )
-                    _decide(
-                        session,
-                        rollout,
-                        "completed",
-                        f"all {len(rollout.wave_rows)} waves completed",
-                        self.actor,
-                        values=values,
-                    )
-                    self._record_values(session, rollout, {**values, "waiting": None}, crossed, now)
-                    return []
-                _decide(
-                    session,
-                    rollout,
-                    "wave_completed",
-                    f"wave {wave.index + 1} healthy for {policy.bake_s:g} s",
-                    self.actor,
-                    values=values,
-                )
-                publications = _start_wave(session, rollout, wave.index + 1, self.actor, self.public_url)
-                following = rollout.wave_rows[wave.index + 1]
-                waiting = (
-                    f"wave {following.index + 1}: 0/{following.size} devices succeeded, "
-                    f"{policy.success_threshold:.0%} needed"
-                )
-                self._record_values(session, rollout, {**values, "waiting": waiting}, crossed, now)
-                return publications
-        self._record_values(session, rollout, {**values, "waiting": waiting}, crossed, now)
-        if threshold_met and enough_data:
-            return []
-        if wave.healthy_since is not None:  # it was met, and no longer is (a late failure)
-            wave.healthy_since = None
-            _decide(
-                session,
-                rollout,
-                "wave_threshold_lost",
-                f"wave {wave.index + 1}: {succeeded}/{len(entries)} succeeded",
-                self.actor,
-            )
-        if wave.started_at is not None and now - wave.started_at > policy.wave_timeout_s:
-            if threshold_met:
-                reason = (
-                    f"wave {wave.index + 1} did not give its gates enough evidence in "
-                    f"{policy.wave_timeout_s:g} s ({short})"
-                )
-            else:
-                reason = (
-                    f"wave {wave.index + 1} did not meet its success threshold in {policy.wave_timeout_s:g} s "
-                    f"({succeeded}/{len(entries)} succeeded)"
-                )
-            publications = _revert(session, rollout, reason, self.command_key, self.public_url)
-            _finish(rollout, _move(rollout, "halt"), reason)
-            _decide(
-                session, rollout, "halted", reason, self.actor, values=values, rolled_back=len(publications)
-            )
-            return publications
-        return []
-
-    def _record_values(
-        self, session: Session, rollout: m.Rollout, values: dict[str, Any], crossed: list[str], now: float
-    ) -> None:
-        """Keep one evaluation per tick while they change, at least one a minute when they do not."""
-        last = session.scalar(
-            select(m.GateEvaluation)
-            .where(m.GateEvaluation.rollout_id == rollout.id)
-            .order_by(m.GateEvaluation.id.desc())
-            .limit(1)
-        )
-        if (
-            last is not None
-            and last.values == values
-            and last.wave == rollout.current_wave
-            and now - last.at < 60
-            and not crossed
-        ):
-            return
-        session.add(
-            m.GateEvaluation(
-                rollout_id=rollout.id, at=now, wave=rollout.current_wave, values=values, crossed=crossed
-            )
-        )
-
-
-# --------------------------------------------------------------------------- reading
+# ----------------------------------------------------------- reading
 
 
 def update_outcomes(session: Session, rollout: m.Rollout) -> dict[int, str]:

@@ -22,8 +22,8 @@ from cloud_registry.core.files import private_dir
 from cloud_registry.crud import Publication
 from cloud_registry.ingest import Incoming, IngestWriter
 from cloud_registry.jobs.manager import JobManager
+from cloud_registry.reconciler import Reconciler
 from cloud_registry.retention import Retention
-from cloud_registry.rollouts import Reconciler
 from cloud_registry.storage import ArtifactStore, make_store
 from edgebundle.signing import key_id, load_private_key, load_public_key
 

@@ -3,7 +3,7 @@
 The held-out comparison judges a candidate on labels, and labels can be wrong in ways no check of them
 sees. The devices of the canary wave are the other witness: the same devices, their inputs, their
 telemetry on the parent before the update and on the candidate since (the rollout's own windows and
-evidence rules, `cloud_registry.rollouts`). Two checks (`RolloutPolicy.canary`), each firing strictly
+evidence rules, `cloud_registry.rollout_evidence`). Two checks (`RolloutPolicy.canary`), each firing strictly
 above its threshold:
 
 - prediction mix: PSI of the predicted-class histograms, candidate vs parent: a candidate that answers
@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cloud_registry import gates, rollouts
+from cloud_registry import gates, rollout_evidence
 from cloud_registry import models as m
 from registry_api import retraining as rs
 
@@ -35,7 +35,7 @@ def check(session: Session, job: m.RetrainingJob, rollout: m.Rollout) -> tuple[d
     """(the field figures, what crossed) for a job's running rollout; ({}, None) until there is evidence."""
     checks = rs.RetrainingPolicy.model_validate(job.policy).rollout.canary
     entries = [e for e in rollout.devices if e.started_at is not None]
-    _, before, after, evidence = rollouts.pooled_windows(session, rollout, entries)
+    _, before, after, evidence = rollout_evidence.pooled_windows(session, rollout, entries)
     if not evidence.enough:
         return {}, None
     values = gates.field_values(before, after)
