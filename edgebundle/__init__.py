@@ -4,16 +4,13 @@ Imports only pydantic, cryptography and the stdlib, so the device agent and
 the registry use it without the toolchain (no numpy, no torch).
 """
 
+from edgebundle.archive import MAX_ARCHIVE_BYTES, MAX_MEMBERS, extract_archive
 from edgebundle.bundle import (
     ARCHIVE_SUFFIX,
-    MAX_ARCHIVE_BYTES,
-    MAX_MEMBERS,
     BundleLocation,
     bundle_name_for,
-    extract_archive,
     open_verified,
     read_manifest,
-    sha256_file,
     verify_bundle,
     write_bundle,
 )
@@ -25,6 +22,7 @@ from edgebundle.errors import (
     ManifestError,
     SignatureError,
 )
+from edgebundle.files import sha256_file
 from edgebundle.manifest import MANIFEST_NAME, SCHEMA_VERSION, SIGNATURE_NAME, FileEntry, Manifest
 from edgebundle.signing import (
     canonical_json,

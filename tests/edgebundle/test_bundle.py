@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import edgebundle.archive as archive_mod
 import edgebundle.bundle as bundle_mod
 from edgebundle import (
     ArchiveError,
@@ -223,7 +224,7 @@ def test_failed_archive_write_leaves_nothing(tmp_path: Path, keypair, monkeypatc
         Path(dest).write_bytes(b"half an archive")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(bundle_mod, "_write_archive", broken)
+    monkeypatch.setattr(bundle_mod, "write_archive", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_bundle(staging, make_manifest(), private, out, NAME)
     assert list(out.iterdir()) == []
@@ -238,7 +239,7 @@ def test_failed_rewrite_keeps_the_old_bundle(built, tmp_path: Path, keypair, mon
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bundle_mod, "_write_archive", broken)
+    monkeypatch.setattr(bundle_mod, "write_archive", broken)
     with pytest.raises(OSError, match="No space"):
         write_bundle(stage(tmp_path / "staging2", b"new"), make_manifest(version=4), private, out, NAME)
     assert _snapshot(out) == before
@@ -496,7 +497,7 @@ def test_unsafe_archive_is_refused(tmp_path: Path, sandbox: Path, keypair, kind:
 
 def test_too_many_members(tmp_path: Path, keypair, monkeypatch) -> None:
     _, public = keypair
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(archive_mod, "MAX_MEMBERS", 5)
     archive = tmp_path / "many.edgebundle"
     archive.write_bytes(_tar_gz([_file(f"b/f{i}") for i in range(6)]))
     with pytest.raises(ArchiveError, match="more than 5 members"):

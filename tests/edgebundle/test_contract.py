@@ -183,7 +183,7 @@ def test_failed_publish_keeps_the_old_bundle_and_leaves_no_temp(published, tmp_p
     def explode(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bundle_module, "_write_archive", explode)
+    monkeypatch.setattr(bundle_module, "write_archive", explode)
     with pytest.raises(OSError, match="disk full"):
         write_bundle(_stage(tmp_path, "again"), _manifest(version=4), keypair[0], out, "tiny-v3-cpu")
     assert sorted(p.name for p in out.iterdir()) == before
