@@ -515,7 +515,8 @@ def _export_onnx(source: SourceModel, shape: list[int], dest: Path, opset: int) 
             f"{source.filename} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}",
             hint="re-export the model",
         ) from exc
-    from toolchain.onnx_export import downgrade_opset, model_opset
+    from toolchain.onnx_export import model_opset
+    from toolchain.opset import downgrade_opset
 
     if model_opset(model) > opset:
         model = downgrade_opset(model, opset, source.filename, shape)

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.cli import assert_refused, build_flags, run
 from toolchain.errors import ExportError
-from toolchain.onnx_export import _check_same_outputs, downgrade_opset, export_opset, model_opset
+from toolchain.onnx_export import export_opset, model_opset
+from toolchain.opset import _check_same_outputs, downgrade_opset
 from toolchain.sources import SourceModel
 
 
