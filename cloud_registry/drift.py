@@ -63,7 +63,7 @@ def trigger_value(row: m.DriftScore, trigger: rs.DriftTrigger) -> float:
 
 def score_fleet(session: Session, *, window_s: float, interval_s: float, now: float | None = None) -> int:
     """Score every (model, version, group) with drift in the window; the number of rows written."""
-    from cloud_registry.crud import insert_ignoring_conflicts
+    from cloud_registry.reports import insert_ignoring_conflicts
 
     now = time.time() if now is None else now
     rows = session.execute(

@@ -35,8 +35,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_registry import crud
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
+from cloud_registry import reports
 from edgewire.messages import PayloadError, Presence, Telemetry, UpdateStatus, parse_payload
 from edgewire.topics import parse_topic
 from registry_api.schemas import INT32_MAX, INT64_MAX
@@ -178,7 +179,7 @@ def apply_messages(
     stats = stats if stats is not None else IngestStats()
     names = {msg.device for msg in messages}
     # Telemetry, most of what comes in, needs only the device's id; ORM objects only for the rest.
-    known = crud.enrolled_devices(session, names)
+    known = device_records.enrolled_devices(session, names)
     stateful = {msg.device for msg in messages if not isinstance(msg, Telemetry) and msg.device in known}
     devices = (
         {d.name: d for d in session.scalars(select(m.Device).where(m.Device.name.in_(stateful)))}
@@ -210,7 +211,7 @@ def apply_messages(
             pending.clear()
         if isinstance(message, Presence):
             _record_updates(session, updates, stats)  # the statuses before it, in their order
-            crud.apply_presence(session, device=devices[message.device], presence=message)
+            reports.apply_presence(session, device=devices[message.device], presence=message)
             stats.stored += 1
         elif isinstance(message, UpdateStatus):
             updates.append((devices[message.device], message))
@@ -221,7 +222,7 @@ def apply_messages(
 def _record_telemetry(session: Session, telemetry: list, stats: IngestStats) -> None:
     """The telemetry gathered so far, in one statement; the list is emptied."""
     if telemetry:
-        inserted = crud.record_telemetry(session, items=telemetry)
+        inserted = reports.record_telemetry(session, items=telemetry)
         stats.stored += inserted
         stats.duplicates += len(telemetry) - inserted
         telemetry.clear()
@@ -229,7 +230,7 @@ def _record_telemetry(session: Session, telemetry: list, stats: IngestStats) -> 
 
 def _record_updates(session: Session, updates: list, stats: IngestStats) -> None:
     """The update statuses gathered so far, in one go; the list is emptied."""
-    stored = crud.record_updates(session, updates)
+    stored = reports.record_updates(session, updates)
     stats.stored += stored
     stats.duplicates += len(updates) - stored
     updates.clear()

@@ -13,7 +13,7 @@ The raw table then holds at most `telemetry_retention_s` (plus one hour, plus
 what one roll-up interval brings) of telemetry under steady load. Readers of
 telemetry (the rollout gates, the dashboard) add the aggregates of the hours
 their window overlaps to the raw rows they find (see `rollout_evidence._device_windows`
-and `crud.device_points`).
+and `devices.device_points`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, object_session
 
 from cloud_registry import crud
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
 from cloud_registry.rollout_evidence import FAILED_STATES
@@ -59,7 +60,9 @@ def decide(
 
 
 def _select_devices(session: Session, selection: schemas.Selection) -> list[m.Device]:
-    devices = crud.list_devices(session, target=selection.target, group=selection.group, tag=selection.tag)
+    devices = device_records.list_devices(
+        session, target=selection.target, group=selection.group, tag=selection.tag
+    )
     if selection.devices is not None:
         wanted = set(selection.devices)
         devices = [d for d in devices if d.name in wanted]

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_registry import crud, db, mosquitto, webhooks
+from cloud_registry import devices as device_records
 from cloud_registry.core.config import Settings
 from cloud_registry.core.files import private_dir
 from cloud_registry.crud import Publication
@@ -179,7 +180,9 @@ class Registry:
     def _broker_users(self) -> tuple[list[mosquitto.BrokerUser], mosquitto.BrokerUser | None]:
         """(the enrolled devices, the registry's own user when it has one)."""
         with self.factory() as session:
-            users = [mosquitto.BrokerUser(name, digest) for name, digest in crud.broker_users(session)]
+            users = [
+                mosquitto.BrokerUser(name, digest) for name, digest in device_records.broker_users(session)
+            ]
         registry_user = self.settings.mqtt_username
         if registry_user and self.settings.mqtt_password is not None:
             from cloud_registry.core.security import mosquitto_hash

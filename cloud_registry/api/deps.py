@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloud_registry import crud
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.core.security import role_allows
 from cloud_registry.service import Registry
@@ -86,7 +87,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 def current_device(session: SessionDep, credentials: Credentials) -> m.Device:
     if credentials is None:
         raise _unauthorized("device token")
-    device = crud.device_by_token(session, token=credentials.credentials)
+    device = device_records.device_by_token(session, token=credentials.credentials)
     if device is None:
         raise _unauthorized("device token")
     return device

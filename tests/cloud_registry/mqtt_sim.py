@@ -102,16 +102,16 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type:
 
 def enroll_devices(registry, names: list[str], created_by: str = "test") -> list[str]:  # type: ignore[no-untyped-def]
     """Enroll these device names in a registry's database directly (one token each), without HTTP."""
-    from cloud_registry import crud
+    from cloud_registry import devices as device_records
     from edgewire.device_api import EnrollRequest
     from registry_api.schemas import EnrollmentTokenCreate
 
     with registry.factory() as session, session.begin():
         for name in names:
-            _, secret = crud.create_enrollment_token(
+            _, secret = device_records.create_enrollment_token(
                 session, body=EnrollmentTokenCreate(), created_by=created_by, default_ttl_s=60
             )
-            crud.enroll_device(
+            device_records.enroll_device(
                 session, request=EnrollRequest(token=secret, name=name, target="cpu"), fleet="default"
             )
     return names

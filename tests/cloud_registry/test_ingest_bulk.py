@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from cloud_registry import crud
 from cloud_registry import models as m
+from cloud_registry import reports
 from tests.cloud_registry import test_ingest_poison
 from tests.cloud_registry.helpers import telemetry
 
@@ -28,9 +28,9 @@ def test_bulk_telemetry_rows_duplicates_and_the_newest_per_device(writer_registr
     first.queue = None
     batch = [(a, first), (a, telemetry("dev-a", 3)), (b, telemetry("dev-b", 1, version=None)), (a, first)]
     with factory() as session, session.begin():
-        assert crud.record_telemetry(session, items=batch) == 3  # the repeated msg_id once
+        assert reports.record_telemetry(session, items=batch) == 3  # the repeated msg_id once
     with factory() as session, session.begin():  # again: all known, and an older seq than the last
-        assert crud.record_telemetry(session, items=[*batch, (a, telemetry("dev-a", 4))]) == 1
+        assert reports.record_telemetry(session, items=[*batch, (a, telemetry("dev-a", 4))]) == 1
     with factory() as session:
         rows = session.scalars(select(m.TelemetryRecord).order_by(m.TelemetryRecord.id)).all()
         assert [(r.device_id, r.seq) for r in rows] == [(a, 5), (a, 3), (b, 1), (a, 4)]

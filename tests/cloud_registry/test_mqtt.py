@@ -270,16 +270,16 @@ def test_shared_subscription_splits_the_stream_across_replicas(tmp_path, signing
         assert replica.link.subscribed.wait(10)
         replicas.append(replica)
     try:
-        from cloud_registry import crud
+        from cloud_registry import devices as device_records
         from edgewire.device_api import EnrollRequest
 
         with replicas[0].factory() as session, session.begin():
             from registry_api.schemas import EnrollmentTokenCreate
 
-            _, secret = crud.create_enrollment_token(
+            _, secret = device_records.create_enrollment_token(
                 session, body=EnrollmentTokenCreate(), created_by="t", default_ttl_s=60
             )
-            crud.enroll_device(
+            device_records.enroll_device(
                 session, request=EnrollRequest(token=secret, name="dev-1", target="cpu"), fleet="default"
             )
         device = MqttDevice(broker.port, "dev-1")

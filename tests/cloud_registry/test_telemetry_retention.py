@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from cloud_registry import crud
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.retention import HOUR, Retention, cutoff_for, roll_up
 from tests.cloud_registry import test_rollouts
@@ -44,7 +44,7 @@ def test_raw_telemetry_stays_bounded_and_the_aggregates_add_up(api, backend):
     factory = api.registry.factory
     devices = [api.enroll(f"dev-{i}", "cpu") for i in range(3)]
     with factory() as session:
-        ids = [crud.get_device(session, name=f"dev-{i}").id for i in range(len(devices))]
+        ids = [device_records.get_device(session, name=f"dev-{i}").id for i in range(len(devices))]
     clock = [float(START)]
     retention = Retention(factory, retention_s=RETENTION_H * HOUR, interval_s=HOUR, clock=lambda: clock[0])
     sent: dict[tuple[int, int], list[m.TelemetryRecord]] = {}
@@ -101,7 +101,9 @@ def test_raw_telemetry_stays_bounded_and_the_aggregates_add_up(api, backend):
 
     # The dashboard's points: the hourly aggregates when no raw rows are left.
     with factory() as session:
-        points = crud.device_points(session, device=crud.get_device(session, name="dev-0"), limit=500)
+        points = device_records.device_points(
+            session, device=device_records.get_device(session, name="dev-0"), limit=500
+        )
     assert len(points) == 48 and [p.received_at for p in points] == sorted(p.received_at for p in points)
     assert all(p.reports == PER_HOUR for p in points) and points[0].model_version == 1
     assert points[-1].model_version == 2
@@ -117,7 +119,7 @@ def test_a_backlog_is_rolled_up_a_bounded_amount_per_tick(api):
     factory = api.registry.factory
     api.enroll("dev-0", "cpu")
     with factory() as session, session.begin():
-        device_id = crud.get_device(session, name="dev-0").id
+        device_id = device_records.get_device(session, name="dev-0").id
         session.add_all(report(device_id, n, START + n * 600.0) for n in range(30))
     clock = [START + 100 * HOUR]
     retention = Retention(

@@ -311,7 +311,8 @@ def test_bad_webhook_settings_are_refused(tmp_path, extra, words):
 
 def test_an_event_is_sent_only_when_its_change_commits(tmp_path, signing):
     """The outbox row rides the change's transaction: rolled back, nothing is queued."""
-    from cloud_registry import crud, db, webhooks
+    from cloud_registry import db, webhooks
+    from cloud_registry import devices as device_records
 
     app = hooked(tmp_path, signing, ["http://127.0.0.1:9/hook"])
     with TestClient(app) as client:
@@ -319,7 +320,7 @@ def test_an_event_is_sent_only_when_its_change_commits(tmp_path, signing):
         api.enroll("c-1")
         factory = app.state.registry.factory
         with factory() as session:
-            crud.revoke_device(session, name="c-1")
+            device_records.revoke_device(session, name="c-1")
             session.rollback()
         with db.transaction(factory) as session:
             assert webhooks.delivery_counts(session) == {"pending": 0, "delivered": 0, "failed": 0}

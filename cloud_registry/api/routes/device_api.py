@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from cloud_registry import crud, samples
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.api.deps import CurrentDevice, RegistryDep, SessionDep
 from cloud_registry.api.uploads import received
@@ -51,7 +52,9 @@ def enroll(body: EnrollRequest, session: SessionDep, registry: RegistryDep) -> E
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown target {body.target!r}"
         ) from None
     settings = registry.settings
-    device, device_token, mqtt_password = crud.enroll_device(session, request=body, fleet=settings.fleet)
+    device, device_token, mqtt_password = device_records.enroll_device(
+        session, request=body, fleet=settings.fleet
+    )
     session.commit()
     registry.write_broker_files()
     mqtt = None

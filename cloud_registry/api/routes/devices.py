@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
-from cloud_registry import crud
+from cloud_registry import devices as device_records
 from cloud_registry.api.deps import Admin, Deployer, ReadOnly, RegistryDep, SessionDep
 from edgebase.ids import SLUG_PATTERN
 from registry_api import schemas
@@ -20,7 +20,7 @@ DeviceName = Annotated[str, PathParam(pattern=SLUG_PATTERN)]
 def create_enrollment_token(
     body: schemas.EnrollmentTokenCreate, session: SessionDep, registry: RegistryDep, principal: Deployer
 ) -> schemas.EnrollmentTokenCreated:
-    row, secret = crud.create_enrollment_token(
+    row, secret = device_records.create_enrollment_token(
         session, body=body, created_by=principal.name, default_ttl_s=registry.settings.enroll_token_ttl_s
     )
     session.commit()
@@ -41,8 +41,8 @@ def list_devices(
 ) -> list[schemas.DeviceInfo]:
     timeout = registry.settings.presence_timeout_s
     return [
-        crud.device_info(d, presence_timeout_s=timeout)
-        for d in crud.list_devices(session, target=target, group=group, tag=tag, online=online)
+        device_records.device_info(d, presence_timeout_s=timeout)
+        for d in device_records.list_devices(session, target=target, group=group, tag=tag, online=online)
     ]
 
 
@@ -50,8 +50,8 @@ def list_devices(
 def get_device(
     name: DeviceName, session: SessionDep, registry: RegistryDep, principal: ReadOnly
 ) -> schemas.DeviceInfo:
-    return crud.device_info(
-        crud.get_device(session, name=name), presence_timeout_s=registry.settings.presence_timeout_s
+    return device_records.device_info(
+        device_records.get_device(session, name=name), presence_timeout_s=registry.settings.presence_timeout_s
     )
 
 
@@ -63,20 +63,20 @@ def update_device(
     registry: RegistryDep,
     principal: Deployer,
 ) -> schemas.DeviceInfo:
-    device = crud.update_device(session, name=name, body=body)
+    device = device_records.update_device(session, name=name, body=body)
     session.commit()
-    return crud.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s)
+    return device_records.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s)
 
 
 @router.delete("/devices/{name}", summary="Revoke a device: its token and MQTT password stop working")
 def revoke_device(
     name: DeviceName, session: SessionDep, registry: RegistryDep, principal: Admin
 ) -> schemas.DeviceInfo:
-    device, publications = crud.revoke_device(session, name=name)
+    device, publications = device_records.revoke_device(session, name=name)
     session.commit()
     registry.publish(publications)
     registry.write_broker_files()
-    return crud.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s)
+    return device_records.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s)
 
 
 @router.get("/devices/{name}/telemetry", summary="A device's recent telemetry, oldest first")
@@ -86,5 +86,8 @@ def device_telemetry(
     principal: ReadOnly,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> list[schemas.TelemetryPoint]:
-    device = crud.get_device(session, name=name)
-    return [crud.telemetry_point(row) for row in crud.device_telemetry(session, device=device, limit=limit)]
+    device = device_records.get_device(session, name=name)
+    return [
+        device_records.telemetry_point(row)
+        for row in device_records.device_telemetry(session, device=device, limit=limit)
+    ]

@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from cloud_registry import charts, crud, rollouts
+from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.api.deps import UI_COOKIE, RegistryDep, SessionDep
 from edgebase.ids import NAME_PATTERN, SLUG_PATTERN
@@ -71,7 +72,10 @@ def logout() -> Response:
 @router.get("", response_class=HTMLResponse)
 def fleet(request: Request, session: SessionDep, registry: RegistryDep) -> Response:
     timeout = registry.settings.presence_timeout_s
-    devices = [crud.device_info(d, presence_timeout_s=timeout) for d in crud.list_devices(session)]
+    devices = [
+        device_records.device_info(d, presence_timeout_s=timeout)
+        for d in device_records.list_devices(session)
+    ]
     versions: dict[str, int] = {}
     for device in devices:
         key = f"{device.model.name} v{device.model.version}" if device.model.name else "no model"
@@ -125,7 +129,7 @@ def model_page(
 def retraining_context(session, model: m.Model) -> dict:  # type: ignore[no-untyped-def]
     """The model page's retraining part: drift per version and group over time, the policy, the jobs."""
     from cloud_registry import drift, retraining
-    from cloud_registry.jobs.manager import job_info, list_jobs
+    from cloud_registry.jobs.records import job_info, list_jobs
     from registry_api import retraining as rs
 
     record = retraining.get_policy(session, model_id=model.id)
@@ -161,7 +165,7 @@ def retraining_context(session, model: m.Model) -> dict:  # type: ignore[no-unty
 def job_page(
     request: Request, session: SessionDep, job_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 ) -> Response:
-    from cloud_registry.jobs.manager import get_job, job_info, job_log
+    from cloud_registry.jobs.records import get_job, job_info, job_log
 
     job = get_job(session, job_id=job_id)
     return _page(request, session, "job.html", job=job_info(job), inputs=job.inputs or {}, log=job_log(job))
@@ -210,8 +214,10 @@ def device_page(
     registry: RegistryDep,
     name: Annotated[str, PathParam(pattern=SLUG_PATTERN)],
 ) -> Response:
-    device = crud.get_device(session, name=name)
-    points = crud.device_points(session, device=device, limit=500)  # raw, then hourly past the retention
+    device = device_records.get_device(session, name=name)
+    points = device_records.device_points(
+        session, device=device, limit=500
+    )  # raw, then hourly past the retention
 
     def series(attr: str) -> list[tuple[float, float]]:
         return [(p.received_at, getattr(p, attr)) for p in points if getattr(p, attr) is not None]
@@ -238,7 +244,7 @@ def device_page(
         request,
         session,
         "device.html",
-        device=crud.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s),
+        device=device_records.device_info(device, presence_timeout_s=registry.settings.presence_timeout_s),
         charts=figures,
         history=history,
     )
