@@ -7,7 +7,7 @@
    rejected with the figures;
 4. renew the leases of the attempts this replica runs;
 5. queue again the running jobs whose replica stopped renewing (it crashed or was killed);
-6. claim queued jobs while the runner has room, stage their inputs and submit them.
+6. claim queued jobs while the runner has room, stage their inputs (`jobs.staging`) and submit them.
 
 Claiming is one conditional UPDATE (`state = 'queued'` to `'running'`, attempt + 1), so of several
 replicas, or a restarted one and a late one, exactly one gets an attempt; an attempt's outcome is
@@ -37,57 +37,26 @@ from cloud_registry import crud, db, drift, retraining, rollouts, samples
 from cloud_registry import models as m
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Conflict, Invalid, NotFound, Publication
-from cloud_registry.jobs import canary
+from cloud_registry.jobs import canary, staging
+from cloud_registry.jobs.records import job_event, tail
 from cloud_registry.jobs.runners import Finished, JobRunner, make_runner
-from cloud_registry.jobs.spec import LOG_FILE, SPEC_FILE, STATUS_FILE, JobOutcome, JobSpec
+from cloud_registry.jobs.spec import LOG_FILE, STATUS_FILE, JobOutcome
+from cloud_registry.jobs.staging import StageError
 from cloud_registry.jobs.verdict import decide
 from cloud_registry.storage import ArtifactStore
 from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
-from edgebundle.manifest import Manifest
 from registry_api import retraining as rs
 from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.jobs")
 MAX_ATTEMPTS = 3  # a job whose attempts keep losing their registry (it crashes the host?) fails after this
-LOG_TAIL_BYTES = 64 * 1024
 UNPACK_FACTOR = 4
-
-
-class StageError(Exception):
-    """The job cannot start: a missing input, too little data, no signing key."""
 
 
 def _class_names(session: Session, job: m.RetrainingJob) -> list[str]:
     parent = crud.get_version(session, model=job.model.name, version=job.parent_version)
     return list(parent.artifacts[0].bundle_manifest().postprocessing.labels) if parent.artifacts else []
-
-
-def source_input_shape(manifest: Manifest) -> list[int]:
-    """The model's input shape in its source's layout (a TFLite bundle's artifact takes NHWC)."""
-    spec = manifest.artifacts[0].inputs[0]
-    shape = [d if d > 0 else 1 for d in spec.shape]
-    keras = manifest.source.kind in ("keras", "saved-model")
-    if spec.layout == "NHWC" and len(shape) == 4 and not keras:
-        return [shape[0], shape[3], shape[1], shape[2]]
-    return shape
-
-
-def default_edgectl() -> list[str]:
-    import shutil
-    import sys
-
-    found = shutil.which("edgectl")
-    return [found] if found else [sys.executable, "-m", "edgectl.main"]
-
-
-def tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - limit))
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class JobManager:
@@ -312,7 +281,7 @@ class JobManager:
             if claimed is None:
                 continue
             try:
-                spec = self.stage(job_id)
+                spec = staging.stage_job(self.settings, self.factory, self.store, job_id)
             except (StageError, Invalid, NotFound, Conflict, BundleError, OSError) as exc:
                 self._fail(job_id, claimed, f"cannot start: {exc}", phase="staging")
                 continue
@@ -357,107 +326,6 @@ class JobManager:
                 job.new_version = max(newest_version or 0, newest_job or 0) + 1
             return job.attempt
 
-    def stage(self, job_id: int) -> Path:
-        """Copy the job's inputs into its attempt folder and write spec.json; the spec's path."""
-        settings = self.settings
-        with db.transaction(self.factory) as session:
-            job = session.get(m.RetrainingJob, job_id)
-            assert job is not None and job.new_version is not None
-            model = job.model
-            policy = rs.RetrainingPolicy.model_validate(job.policy)
-            if settings.jobs_sign_key is None or not settings.jobs_sign_key.is_file():
-                raise StageError(
-                    "the registry has no jobs_sign_key (EDGECTL_REGISTRY_JOBS_SIGN_KEY) to sign the bundles a job builds"
-                )
-            parent = crud.get_version(session, model=model.name, version=job.parent_version)
-            if not parent.artifacts:
-                raise StageError(f"{model.name} v{parent.version} has no bundle")
-            primary = parent.artifacts[0].bundle_manifest()
-            if not self.store.exists(parent.source_sha256):
-                raise StageError(
-                    f"the registry does not hold the source model (the weights) of {model.name} v{parent.version}; "
-                    f"upload it: edgectl retrain source {model.name} {parent.version} {primary.source.filename}"
-                )
-            workdir = settings.jobs_path / f"job-{job.id}" / f"attempt-{job.attempt}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            parent_model = samples.copy_to(
-                self.store,
-                parent.source_sha256,
-                workdir / "parent" / Path(primary.source.filename).name,
-            )
-            parent_bundles = {
-                a.target: samples.copy_to(
-                    self.store, a.archive_sha256, workdir / "parent" / f"{a.target}.edgebundle"
-                )
-                for a in parent.artifacts
-            }
-            if job.snapshot_id is None:
-                snapshot = samples.create_snapshot(
-                    session,
-                    self.store,
-                    model=model,
-                    groups=policy.groups,
-                    holdout_fraction=policy.evaluation.holdout_fraction,
-                    folder=workdir / "data",
-                )
-                job.snapshot_id = snapshot.id
-            else:
-                snapshot = job.snapshot
-                assert snapshot is not None
-                samples.copy_to(self.store, snapshot.train_sha256, workdir / "data" / "train.npz")
-                samples.copy_to(self.store, snapshot.holdout_sha256, workdir / "data" / "holdout.npz")
-            if snapshot.train_samples == 0:
-                raise StageError(f"dataset {snapshot.number} has no training samples")
-            if snapshot.holdout_samples < policy.evaluation.min_holdout:
-                raise StageError(
-                    f"dataset {snapshot.number} holds out {snapshot.holdout_samples} samples; the policy needs "
-                    f"{policy.evaluation.min_holdout} (label more samples, or lower evaluation.min_holdout)"
-                )
-            gates = [
-                manifest.validation.max_drop_points
-                for manifest in (a.bundle_manifest() for a in parent.artifacts)
-                if manifest.validation is not None
-            ]
-            spec = JobSpec(
-                job_id=job.id,
-                attempt=job.attempt,
-                model=model.name,
-                parent_version=parent.version,
-                new_version=job.new_version,
-                trigger=f"retrain job {job.id}: {job.trigger}"[:100],
-                workdir=workdir,
-                entry_point=policy.entry_point,
-                training_data=policy.training_data or parent.training_data,
-                parent_model=parent_model,
-                train_data=workdir / "data" / "train.npz",
-                holdout_data=workdir / "data" / "holdout.npz",
-                labels=list(primary.postprocessing.labels),
-                preprocessing=primary.preprocessing.model_dump(mode="json"),
-                input_shape=source_input_shape(primary),
-                targets={a.target: a.precision for a in parent.artifacts},
-                parent_bundles=parent_bundles,
-                max_drop=policy.build.max_drop
-                if policy.build.max_drop is not None
-                else max(gates, default=1.0),
-                build_extra_args=policy.build.extra_args,
-                sign_key=settings.jobs_sign_key.resolve(),
-                edgectl=settings.edgectl_command or default_edgectl(),
-            )
-            spec_path = workdir / SPEC_FILE
-            spec_path.write_text(spec.model_dump_json(indent=2))
-            job.inputs = {
-                "workdir": str(workdir),
-                "parent_source_sha256": parent.source_sha256,
-                "parent_bundles": {a.target: a.archive_sha256 for a in parent.artifacts},
-                "targets": spec.targets,
-                "training_data": spec.training_data,
-                "dataset": snapshot.number,
-                "entry_point": policy.entry_point.model_dump(mode="json"),
-                "max_drop": spec.max_drop,
-            }
-            job.phase = "queued-on-runner"
-        return spec_path
-
     # ------------------------------------------------------------------ finalizing
 
     def _own(self, session: Session, job_id: int, attempt: int) -> m.RetrainingJob | None:
@@ -493,7 +361,7 @@ class JobManager:
             if outcome is not None:
                 job.outcome = outcome
             self._keep_log(job)
-            _job_event(session, job)
+            job_event(session, job)
         log.warning("job %d failed: %s", job_id, reason)
 
     def _keep_log(self, job: m.RetrainingJob) -> None:
@@ -541,11 +409,11 @@ class JobManager:
                 job.reason = reason
                 if not accepted:
                     job.state, job.phase = "rejected", "rejected"
-                    _job_event(session, job)
+                    job_event(session, job)
                     log.info("job %d: %s", job.id, reason)
                     return
                 job.state, job.phase = "succeeded", "done"
-                _job_event(session, job)
+                job_event(session, job)
                 if policy.rollout.enabled:
                     publications = self._roll_out(session, job, policy)
                 log.info("job %d: %s", job.id, job.reason)
@@ -634,87 +502,3 @@ class JobManager:
         job.rollout_id = rollout.id
         job.reason = f"{job.reason}; canary rollout {rollout.id} started"
         return publications
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def job_info(job: m.RetrainingJob) -> rs.JobInfo:
-    return rs.JobInfo(
-        id=job.id,
-        model=job.model.name,
-        state=job.state,  # type: ignore[arg-type]
-        phase=job.phase,
-        trigger=job.trigger,  # type: ignore[arg-type]
-        trigger_details=job.trigger_details or {},
-        parent_version=job.parent_version,
-        new_version=job.new_version,
-        attempt=job.attempt,
-        runner=job.runner,
-        policy_revision=job.policy_revision,
-        created_at=job.created_at,
-        created_by=job.created_by,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        dataset=samples.dataset_info(job.snapshot) if job.snapshot else None,
-        evaluation=job.evaluation or {},
-        outcome=job.outcome or {},
-        reason=job.reason,
-        rollout_id=job.rollout_id,
-    )
-
-
-def job_log(job: m.RetrainingJob) -> str:
-    """The log: live from the attempt's folder while it runs, else what was kept when it ended."""
-    workdir = job.inputs.get("workdir")
-    if job.state == "running" and workdir:
-        return tail(Path(workdir) / LOG_FILE)
-    return job.log or ""
-
-
-def get_job(session: Session, *, job_id: int) -> m.RetrainingJob:
-    job = session.get(m.RetrainingJob, job_id)
-    if job is None:
-        raise NotFound(f"no retraining job {job_id}")
-    return job
-
-
-def list_jobs(
-    session: Session, *, model: str | None = None, state: str | None = None, limit: int = 100
-) -> list[m.RetrainingJob]:
-    query = select(m.RetrainingJob).order_by(m.RetrainingJob.id.desc()).limit(limit)
-    if model:
-        query = query.join(m.Model).where(m.Model.name == model)
-    if state:
-        query = query.where(m.RetrainingJob.state == state)
-    return list(session.scalars(query))
-
-
-def cancel_job(session: Session, *, job_id: int, actor: str) -> m.RetrainingJob:
-    """A queued or running job stops; the replica running it notices at its next lease renewal."""
-    job = get_job(session, job_id=job_id)
-    if job.state not in rs.ACTIVE_JOB_STATES:
-        raise Conflict(f"job {job_id} is {job.state}; only a queued or running job can be cancelled")
-    job.state, job.finished_at, job.lease_until = "cancelled", time.time(), None
-    job.reason = f"cancelled by {actor}"
-    return job
-
-
-def _job_event(session: Session, job: m.RetrainingJob) -> None:
-    """The job's outcome as a webhook event (succeeded, rejected or failed), in the same transaction."""
-    from cloud_registry import webhooks
-
-    webhooks.enqueue(
-        session,
-        event=f"job.{job.state}",
-        text=f"Retraining job {job.id} of {job.model.name} {job.state}: {(job.reason or '')[:500]}",
-        data={
-            "job": job.id,
-            "model": job.model.name,
-            "state": job.state,
-            "phase": job.phase,
-            "parent_version": job.parent_version,
-            "new_version": job.new_version,
-            "reason": (job.reason or "")[:2000],
-        },
-    )

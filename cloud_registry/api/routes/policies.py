@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from cloud_registry import crud, retraining, samples
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from cloud_registry.api.uploads import BINARY_BODY, received
-from cloud_registry.jobs.manager import job_info
+from cloud_registry.jobs.records import job_info
 from edgebase.ids import NAME_PATTERN
 from registry_api import retraining as rs
 from registry_api import schemas
