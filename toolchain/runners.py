@@ -1,4 +1,9 @@
-"""Run an artifact on the host, one table entry per runtime, for validation and benchmarks."""
+"""Run an artifact on the host, one table entry per runtime, for validation and benchmarks.
+
+Each runtime's runner lives in its backend package (`toolchain/backends/<runtime>/runner.py`); this
+module holds the protocol they share, the table, and the SavedModel runner (a Keras source's FP32
+reference: a source, not a target runtime).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ from typing import Protocol
 import numpy as np
 
 from edgebase.deps import require
-from edgebundle.manifest import ORT_DTYPES, QuantParams, TensorSpec
+from edgebundle.manifest import TensorSpec
 from targets.runtimes import RUNTIMES, runtime_for_suffix
+from toolchain.backends.onnxruntime.runner import OnnxRuntimeRunner
+from toolchain.backends.tensorrt.runner import TensorRTEngineRunner
+from toolchain.backends.tflite.runner import LiteRTRunner
 from toolchain.backends.tflite_micro.runner import MicroRunner
 
 
@@ -29,111 +37,6 @@ class Runner(Protocol):
         ...
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]: ...
-
-
-class OnnxRuntimeRunner:
-    """ONNX Runtime on the CPU with a fixed thread count (the target profile's)."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        require("onnxruntime", extra="build", purpose="running ONNX models")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        first = self.session.get_inputs()[0]
-        self.input_name = first.name
-        self.input_shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
-        self.input_dtype = np.dtype(ORT_DTYPES.get(first.type, "float32"))
-
-    def prepare(self, batch: np.ndarray) -> np.ndarray:
-        return batch.astype(self.input_dtype, copy=False)
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: self.prepare(batch)})
-
-    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        def spec(value) -> TensorSpec:
-            shape = [d if isinstance(d, int) and d > 0 else -1 for d in value.shape]
-            return TensorSpec(name=value.name, shape=shape, dtype=ORT_DTYPES.get(value.type, "float32"))
-
-        return [spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()]
-
-
-class LiteRTRunner:
-    """The LiteRT (TFLite) interpreter with XNNPACK, as on a Raspberry Pi or an Android CPU.
-
-    Float inputs in the source's layout are rearranged to the model's (NCHW to NHWC) and
-    quantized with the model's own scale and zero point when its input is integer; integer
-    outputs are dequantized, so validation compares like with like.
-    """
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        require("ai_edge_litert", extra="tflite", purpose="running TFLite models")
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
-        self.interpreter.allocate_tensors()
-        first = self.interpreter.get_input_details()[0]
-        self._input = first
-        self.input_name = first["name"]
-        self.input_shape = [int(d) for d in first["shape"]]
-        self.input_dtype = np.dtype(first["dtype"])
-        self._outputs = self.interpreter.get_output_details()
-        # A detector in Ultralytics' TFLite convention (edgectl's included) has box rows in 0..1; they are
-        # scaled back to input pixels here, so it is judged against the FP32 model like any other artifact.
-        from toolchain.detector_head import embedded_metadata
-
-        metadata = embedded_metadata(path)
-        self._box_size = None
-        if metadata.get("task") == "detect" and len(self.input_shape) == 4:
-            nhwc = self.input_shape[3] in (1, 3, 4) and self.input_shape[1] not in (1, 3, 4)
-            height, width = self.input_shape[1:3] if nhwc else self.input_shape[2:4]
-            self._box_size = (width, height)
-
-    def prepare(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype == self.input_dtype and list(batch.shape) == self.input_shape:
-            return batch
-        from toolchain.backends.tflite.quantize import to_model_layout
-
-        x = to_model_layout(batch, self.input_shape)
-        scale, zero_point = self._input["quantization"]
-        if self.input_dtype.kind in "iu" and x.dtype.kind == "f" and scale:
-            info = np.iinfo(self.input_dtype)
-            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
-        return x.astype(self.input_dtype)
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self._input["index"], self.prepare(batch))
-        self.interpreter.invoke()
-        outputs = []
-        for detail in self._outputs:
-            value = self.interpreter.get_tensor(detail["index"])
-            scale, zero_point = detail["quantization"]
-            if value.dtype.kind in "iu" and scale:
-                value = (value.astype(np.float32) - zero_point) * np.float32(scale)
-            if self._box_size is not None and value.ndim == 3 and value.shape[1] > 4:
-                value = value.copy()
-                value[:, [0, 2]] *= self._box_size[0]
-                value[:, [1, 3]] *= self._box_size[1]
-            outputs.append(value)
-        return outputs
-
-    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        def spec(detail) -> TensorSpec:
-            scale, zero_point = detail["quantization"]
-            dtype = np.dtype(detail["dtype"]).name
-            return TensorSpec(
-                name=detail["name"],
-                shape=[int(d) for d in detail["shape"]],
-                dtype=dtype,
-                quantization=QuantParams(scale=float(scale), zero_point=int(zero_point)) if scale else None,
-            )
-
-        return [spec(self._input)], [spec(d) for d in self._outputs]
 
 
 class SavedModelRunner:
@@ -171,30 +74,6 @@ class SavedModelRunner:
 
         outputs = self._signature.structured_outputs
         return [spec(n, v) for n, v in kwargs.items()], [spec(n, outputs[n]) for n in self._output_names]
-
-
-class TensorRTEngineRunner:
-    """A TensorRT engine on this machine's GPU (`edgetrt.runner`): where TensorRT and a GPU exist."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        require("tensorrt", extra="jetson", purpose="running TensorRT engines")
-        from edgetrt.runner import TensorRTRunner
-
-        self._runner = TensorRTRunner(path.read_bytes())
-        self.input_name, shape, dtype = self._runner.inputs[0]
-        self.input_shape, self.input_dtype = list(shape), np.dtype(dtype)
-
-    def prepare(self, batch: np.ndarray) -> np.ndarray:
-        return batch.astype(self.input_dtype, copy=False)
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self._runner.run(self.prepare(batch))
-
-    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        def spec(name: str, shape, dtype) -> TensorSpec:
-            return TensorSpec(name=name, shape=list(shape), dtype=np.dtype(dtype).name)
-
-        return [spec(*t) for t in self._runner.inputs], [spec(*t) for t in self._runner.outputs]
 
 
 def _coreml_runner(path: Path, threads: int | None = None) -> Runner:

@@ -78,6 +78,11 @@ def test_every_runtime_is_one_backend_package_whose_convert_module_registers_it(
     for runtime, converter in CONVERTERS.items():
         module = Path(inspect.getfile(type(converter)))
         assert module == backends / runtime.replace("-", "_") / "convert.py", runtime
+    from toolchain.runners import RUNNERS
+
+    for runtime in RUNTIMES:  # and its host runner beside it, in the runners' table
+        assert (backends / runtime.replace("-", "_") / "runner.py").is_file(), runtime
+        assert runtime in RUNNERS, runtime
 
 
 def test_suffixes_name_one_runtime_each_and_the_longest_wins():
