@@ -2,6 +2,8 @@
 
 The schema itself is created by Alembic migrations (cloud_registry/migrations); a
 change here comes with a new migration, checked by tests/cloud_registry/test_storage_and_schema.py.
+Over 400 lines on purpose: every table is here, declarations only, so that one file is what a
+migration is compared against.
 """
 
 from __future__ import annotations

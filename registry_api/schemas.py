@@ -1,4 +1,9 @@
-"""Request and response bodies of the admin API (the device API's bodies are edgewire's)."""
+"""Request and response bodies of the admin API (the device API's bodies are edgewire's).
+
+Over 400 lines on purpose: this is a contract, and a reviewer reads a contract whole. The bodies are
+declarations (fields, bounds, one validator each at most) grouped by area: tokens, models, devices,
+rollouts and their transition table, webhooks. The retraining loop's bodies are their own file.
+"""
 
 from __future__ import annotations
 
