@@ -22,8 +22,9 @@ from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.api.deps import CurrentDevice, RegistryDep, SessionDep
 from cloud_registry.api.uploads import received
-from cloud_registry.ingest import apply_messages, fits_columns
+from cloud_registry.ingest import apply_messages
 from cloud_registry.service import public_pem
+from cloud_registry.storable import fits_columns
 from edgewire.device_api import (
     MAX_SAMPLE_REQUEST_BYTES,
     DesiredResponse,
