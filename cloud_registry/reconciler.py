@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_registry import gates, rollouts
+from cloud_registry import gates, rollout_joiners, rollouts
 from cloud_registry import models as m
 from cloud_registry.crud import Publication
 from cloud_registry.rollout_evidence import evaluate, waiting_for_evidence
@@ -87,7 +87,7 @@ class Reconciler:
     def step(self, session: Session, rollout: m.Rollout) -> list[Publication]:
         now = self.clock()
         policy = schemas.GatePolicy.model_validate(rollout.policy)
-        rollouts.add_joiners(session, rollout, self.actor)
+        rollout_joiners.add_joiners(session, rollout, self.actor)
         values = evaluate(session, rollout)
         crossed = gates.crossed_gates(values, policy)
         if crossed:

@@ -1,8 +1,9 @@
 """Staged rollouts: a version to a selection of devices in waves, gated on the devices' telemetry.
 
-This module is the engine's primitives (create, start a wave, add joiners, revert, finish, the
-operator's actions) and the reading of a rollout; the gate values are `rollout_evidence`, and the
-loop that drives running rollouts is `reconciler`.
+This module is the engine's primitives (create, start a wave, revert, finish, the operator's
+actions); devices that join a running rollout are `rollout_joiners`, the gate values
+`rollout_evidence`, the rollout as the API shows it `rollout_info`, and the loop that drives
+running rollouts `reconciler`.
 
 All state lives in the database (rollouts, their waves and devices, decisions,
 gate evaluations); `Reconciler.tick` reads it, decides, and writes back, so a
@@ -20,7 +21,7 @@ import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from cloud_registry import crud
@@ -29,7 +30,6 @@ from cloud_registry import models as m
 from cloud_registry.crud import Conflict, NotFound, Publication
 from cloud_registry.rollout_evidence import FAILED_STATES
 from edgewire.commands import sign_rollback
-from edgewire.update_states import FAILED_UPDATE_STATES
 from registry_api import schemas
 
 log = logging.getLogger("cloud_registry.rollouts")
@@ -196,79 +196,6 @@ def start_wave(
     return publications
 
 
-# --------------------------------------------------------------------------- devices that join
-
-
-def _joiners(session: Session, rollout: m.Rollout) -> list[m.Device]:
-    """Devices that match the rollout's selection now and are in no active rollout: enrolled into its group
-    (or given its tag, moved into its group) since it was created, and able to take its version."""
-    selection = schemas.Selection.model_validate(rollout.selection)
-    version = rollout.version
-    targets = sorted({a.target for a in version.artifacts})
-    # Uncorrelated, so the database evaluates it once (a hash, not a lookup per device).
-    busy = (
-        select(m.RolloutDevice.device_id)
-        .join(m.Rollout, m.Rollout.id == m.RolloutDevice.rollout_id)
-        .where(m.Rollout.state.in_(schemas.ACTIVE_ROLLOUT_STATES))
-    )
-    query = select(m.Device).where(
-        m.Device.revoked_at.is_(None),
-        m.Device.target.in_(targets),
-        or_(
-            m.Device.model_name.is_(None),
-            m.Device.model_name != version.model.name,
-            m.Device.current_version.is_(None),
-            m.Device.current_version < version.version,
-        ),
-        m.Device.id.not_in(busy),
-    )
-    if selection.target:
-        query = query.where(m.Device.target == selection.target)
-    if selection.group:
-        query = query.where(m.Device.group == selection.group)
-    devices = list(session.scalars(query.order_by(m.Device.name)))
-    if selection.tag:
-        devices = [d for d in devices if selection.tag in (d.tags or [])]
-    if selection.devices is not None:
-        wanted = set(selection.devices)
-        devices = [d for d in devices if d.name in wanted]
-    return devices
-
-
-def add_joiners(session: Session, rollout: m.Rollout, actor: str) -> None:
-    """Put the devices that joined the selection into the rollout's next wave, as hawkBit's dynamic groups do.
-
-    The next wave is the one after the current; while the last wave runs, a new wave (100 %) is appended for
-    them, so a late device never changes the running wave's success share or its timeout."""
-    devices = _joiners(session, rollout)
-    if not devices:
-        return
-    model_name = rollout.version.model.name
-    index = rollout.current_wave + 1
-    if index < len(rollout.wave_rows):
-        wave = rollout.wave_rows[index]
-        wave.size += len(devices)
-    else:
-        wave = m.RolloutWave(rollout_id=rollout.id, index=index, percent=100.0, size=len(devices))
-        rollout.wave_rows.append(wave)
-        rollout.waves = [*rollout.waves, 100.0]
-    for device in devices:
-        previous = device.current_version if device.model_name == model_name else None
-        rollout.devices.append(
-            m.RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=index, from_version=previous)
-        )
-    session.flush()
-    decide(
-        session,
-        rollout,
-        "devices_joined",
-        f"{len(devices)} device(s) joined the selection during the rollout: they go in wave {index + 1}",
-        actor,
-        devices=[d.name for d in devices],
-        wave_index=index,
-    )
-
-
 # --------------------------------------------------------------------------- reverting
 
 
@@ -424,89 +351,3 @@ def rollback(
     finish(rollout, to, text)
     decide(session, rollout, "rolled_back", text, actor, devices=len(publications))
     return rollout, publications
-
-
-# ----------------------------------------------------------- reading
-
-
-def update_outcomes(session: Session, rollout: m.Rollout) -> dict[int, str]:
-    """How each device's update to the rollout's version ended ("succeeded" or "failed"), by device id.
-
-    Read from the devices' update statuses, so a revert afterwards (a halted wave) does not hide it.
-    """
-    prefix = f"r{rollout.id}-u{rollout.version.version}-d"
-    outcomes: dict[int, str] = {}
-    rows = session.execute(
-        select(m.UpdateEvent.device_id, m.UpdateEvent.state)
-        .where(m.UpdateEvent.rollout_id == rollout.id, m.UpdateEvent.update_id.startswith(prefix))
-        .order_by(m.UpdateEvent.id)
-    )
-    for device_id, state in rows:
-        if device_id in outcomes:
-            continue  # the first final state is the outcome, as for the rollout entry
-        if state == "SUCCEEDED":
-            outcomes[device_id] = "succeeded"
-        elif state in FAILED_UPDATE_STATES:
-            outcomes[device_id] = "failed"
-    for entry in rollout.devices:  # failures without a status (no artifact for its target), and successes
-        if entry.device_id not in outcomes:
-            if entry.state in FAILED_STATES:
-                outcomes[entry.device_id] = "failed"
-            elif entry.state == "succeeded":
-                outcomes[entry.device_id] = "succeeded"
-    return outcomes
-
-
-def rollout_info(session: Session, rollout: m.Rollout, decisions: int = 200) -> schemas.RolloutInfo:
-    counts: dict[str, int] = {}
-    for entry in rollout.devices:
-        counts[entry.state] = counts.get(entry.state, 0) + 1
-    last = session.scalar(
-        select(m.GateEvaluation)
-        .where(m.GateEvaluation.rollout_id == rollout.id)
-        .order_by(m.GateEvaluation.id.desc())
-        .limit(1)
-    )
-    rows = session.scalars(
-        select(m.RolloutDecision)
-        .where(m.RolloutDecision.rollout_id == rollout.id)
-        .order_by(m.RolloutDecision.id)
-        .limit(decisions)
-    )
-    outcomes = update_outcomes(session, rollout)
-    waves = []
-    for wave in rollout.wave_rows:
-        entries = [outcomes.get(e.device_id) for e in rollout.devices if e.wave == wave.index]
-        waves.append(
-            schemas.WaveInfo(
-                index=wave.index,
-                percent=wave.percent,
-                size=wave.size,
-                state=wave.state,
-                started_at=wave.started_at,
-                healthy_since=wave.healthy_since,
-                completed_at=wave.completed_at,
-                succeeded=entries.count("succeeded"),
-                failed=entries.count("failed"),
-            )
-        )
-    return schemas.RolloutInfo(
-        id=rollout.id,
-        model=rollout.version.model.name,
-        version=rollout.version.version,
-        state=rollout.state,  # type: ignore[arg-type]
-        reason=rollout.reason,
-        selection=rollout.selection,
-        policy=schemas.GatePolicy.model_validate(rollout.policy),
-        current_wave=rollout.current_wave,
-        created_at=rollout.created_at,
-        created_by=rollout.created_by,
-        finished_at=rollout.finished_at,
-        devices=counts,
-        touched=sum(e.state != "pending" for e in rollout.devices),
-        total=len(rollout.devices),
-        waves=waves,
-        gates=last.values if last else None,
-        waiting=(last.values or {}).get("waiting") if last and rollout.state == "running" else None,
-        decisions=[schemas.DecisionInfo.model_validate(d, from_attributes=True) for d in rows],
-    )

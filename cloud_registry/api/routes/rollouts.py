@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from cloud_registry import models as m
-from cloud_registry import rollouts
+from cloud_registry import rollout_info, rollouts
 from cloud_registry.api.deps import Deployer, ReadOnly, RegistryDep, SessionDep
 from registry_api import schemas
 
@@ -25,7 +25,7 @@ def create_rollout(
     )
     session.commit()
     registry.publish(publications)
-    return rollouts.rollout_info(session, rollout)
+    return rollout_info.rollout_info(session, rollout)
 
 
 @router.get("", summary="List rollouts, newest first")
@@ -40,12 +40,12 @@ def list_rollouts(
     query = select(m.Rollout).order_by(m.Rollout.id.desc()).limit(limit)
     if state:
         query = query.where(m.Rollout.state == state)
-    return [rollouts.rollout_info(session, r, decisions=20) for r in session.scalars(query)]
+    return [rollout_info.rollout_info(session, r, decisions=20) for r in session.scalars(query)]
 
 
 @router.get("/{rollout_id}", summary="A rollout: waves, devices per state, gate values, decisions")
 def get_rollout(rollout_id: RolloutId, session: SessionDep, principal: ReadOnly) -> schemas.RolloutInfo:
-    return rollouts.rollout_info(session, rollouts.get_rollout(session, rollout_id=rollout_id))
+    return rollout_info.rollout_info(session, rollouts.get_rollout(session, rollout_id=rollout_id))
 
 
 def _add_state_action(action: str, summary: str) -> None:
@@ -61,7 +61,7 @@ def _add_state_action(action: str, summary: str) -> None:
             session, rollout_id=rollout_id, actor=principal.name, reason=body.reason if body else None
         )
         session.commit()
-        return rollouts.rollout_info(session, rollout)
+        return rollout_info.rollout_info(session, rollout)
 
     router.post(f"/{{rollout_id}}/{action}", summary=summary, name=action)(endpoint)
 
@@ -94,4 +94,4 @@ def rollback(
     )
     session.commit()
     registry.publish(publications)
-    return rollouts.rollout_info(session, rollout)
+    return rollout_info.rollout_info(session, rollout)

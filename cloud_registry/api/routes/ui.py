@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from cloud_registry import charts, crud, rollouts
+from cloud_registry import charts, crud, rollout_info, rollouts
 from cloud_registry import devices as device_records
 from cloud_registry import models as m
 from cloud_registry.api.deps import UI_COOKIE, RegistryDep, SessionDep
@@ -91,7 +91,7 @@ def fleet(request: Request, session: SessionDep, registry: RegistryDep) -> Respo
         devices=devices,
         online=sum(d.online for d in devices),
         models=crud.list_models(session),
-        rollouts=[rollouts.rollout_info(session, r, decisions=1) for r in recent],
+        rollouts=[rollout_info.rollout_info(session, r, decisions=1) for r in recent],
         version_chart=charts.bar_chart("Devices per model version", sorted(versions.items())),
         health_chart=charts.bar_chart("Devices per health", sorted(health.items())),
     )
@@ -176,7 +176,7 @@ def rollout_page(
     request: Request, session: SessionDep, rollout_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 ) -> Response:
     rollout = rollouts.get_rollout(session, rollout_id=rollout_id)
-    info = rollouts.rollout_info(session, rollout)
+    info = rollout_info.rollout_info(session, rollout)
     evaluations = session.scalars(
         select(m.GateEvaluation)
         .where(m.GateEvaluation.rollout_id == rollout_id)
