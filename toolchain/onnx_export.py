@@ -16,7 +16,8 @@ from edgebase.deps import require, version_of
 from edgebundle.manifest import TensorSpec
 from toolchain.cache import cache_key, cached
 from toolchain.errors import ExportError, UserInputError
-from toolchain.sources import SOURCE_KINDS, SourceModel, load_torch_module
+from toolchain.source_export import load_torch_module
+from toolchain.sources import SOURCE_KINDS, SourceModel
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -1,6 +1,7 @@
-"""Model sources: what a MODEL argument can be, and how each kind becomes ONNX.
+"""Model sources: what a MODEL argument can be, and what it says about itself.
 
-One table (`SOURCE_KINDS`) maps a kind to its detector and exporter. Keras
+One table (`SOURCE_KINDS`) maps a kind to its detector and exporter (the exporters and the loaders
+of the framework models are `toolchain.source_export`). Keras
 sources (`.keras` files, SavedModel folders) have no ONNX exporter: they go
 straight to TensorFlow's converter, so only TFLite targets take them. Detection
 never unpickles: a checkpoint is recognised by the names inside its zip
@@ -16,8 +17,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from pathlib import Path
 
 from edgebase.deps import require
 from edgebundle.manifest import NMSParams, Preprocessing, Task
-from toolchain.errors import ExportError, UserInputError
+from toolchain.errors import UserInputError
+from toolchain.source_export import export_onnx_source, export_torch, export_ultralytics, load_ultralytics
 
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -225,7 +225,7 @@ def _ultralytics_conventions(task: Task) -> tuple[Preprocessing, NMSParams | Non
 
 def _ultralytics_source(location: str, digest: str) -> SourceModel:
     require("ultralytics", extra="build", purpose="reading an Ultralytics model")
-    model = _load_ultralytics(location)
+    model = load_ultralytics(location)
     imgsz = (getattr(model.model, "args", None) or {}).get("imgsz", 640)
     if isinstance(imgsz, int):
         imgsz = [imgsz, imgsz]
@@ -348,181 +348,6 @@ def check_task_outputs(source: SourceModel, task: Task, output_shapes: list[list
         )
 
 
-@contextlib.contextmanager
-def _quiet_ultralytics():
-    """Ultralytics must neither phone home nor write settings into the user's home during a build."""
-    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_VERBOSE")}
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_VERBOSE"] = "False"
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _load_ultralytics(location: str):
-    with _quiet_ultralytics():
-        from ultralytics import YOLO
-
-        try:
-            return YOLO(location)
-        except Exception as exc:
-            raise UserInputError(
-                f"cannot load Ultralytics model {location}: {exc}".splitlines()[0],
-                hint="check that the file is an Ultralytics checkpoint or model yaml",
-            ) from exc
-
-
-# ---------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------
-
-UNSUPPORTED_OP_RE = re.compile(r"(aten::[\w.]+|prim::[\w.]+|torch\.ops\.[\w.]+)")
-
-
-def _export_error(exc: Exception, source: SourceModel) -> ExportError:
-    text = str(exc)
-    match = UNSUPPORTED_OP_RE.search(text)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if match:
-        return ExportError(
-            f"cannot export {source.filename} to ONNX: operator {match.group(1)} is not supported ({first[:160]})",
-            hint="replace that operation in the model, or export it to ONNX yourself with a custom symbolic",
-        )
-    return ExportError(
-        f"cannot export {source.filename} to ONNX: {first[:200]}",
-        hint="export the model to ONNX yourself and pass the .onnx file",
-    )
-
-
-def _torch_export(module, source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    import torch
-
-    example = torch.zeros(*shape)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                (example,),
-                str(dest),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["input"],
-                output_names=["output"],
-                do_constant_folding=True,
-            )
-    except Exception as exc:
-        raise _export_error(exc, source) from exc
-
-
-def _exported_module(graph_module):
-    """A torch.export program's module, callable where an nn.Module in eval mode is expected.
-
-    Exported programs are already in inference form and refuse `train()`/`eval()`, which the
-    TorchScript ONNX exporter and tracers call; this wrapper answers those calls itself.
-    """
-    import torch
-
-    class ExportedModule(torch.nn.Module):
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args):
-            return self.inner(*args)
-
-        def train(self, mode: bool = True):
-            return self
-
-    return ExportedModule(graph_module)
-
-
-def load_torch_module(source: SourceModel):
-    """The PyTorch module behind a torchscript, torch-export or entry-point source; None for other kinds."""
-    import torch
-
-    if source.kind == "torchscript":
-        return torch.jit.load(source.location, map_location="cpu").eval()
-    if source.kind == "torch-export":
-        return _exported_module(torch.export.load(source.location).module())
-    if source.kind == "torch-entrypoint":
-        return load_entrypoint(source)
-    return None
-
-
-def _export_torch(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    _torch_export(load_torch_module(source), source, shape, dest, opset)
-
-
-def load_entrypoint(source: SourceModel):
-    import importlib
-
-    import torch
-
-    module_name, factory_name = source.location.split(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise UserInputError(
-            f"cannot import {source.location}: {exc}", hint="is the package importable (PYTHONPATH)?"
-        ) from exc
-    model = factory()
-    try:
-        state = torch.load(source.weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise UserInputError(
-            f"cannot load weights {source.weights} into {source.location}: {str(exc).splitlines()[0][:200]}",
-            hint="save them with torch.save(model.state_dict(), PATH) from the same model class",
-        ) from exc
-    return model.eval()
-
-
-def _export_ultralytics(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    location = Path(source.location)
-    with tempfile.TemporaryDirectory(prefix="edgectl-yolo-") as tmp, _quiet_ultralytics():
-        work = Path(tmp)
-        # Ultralytics writes its export beside the source (or into the cwd for a yaml): never the user's folder.
-        local = work / location.name
-        if location.exists():
-            shutil.copy2(location, local)
-        cwd = Path.cwd()
-        os.chdir(work)
-        try:
-            model = _load_ultralytics(str(local) if location.exists() else source.location)
-            out = model.export(
-                format="onnx", imgsz=(shape[2], shape[3]), opset=opset, simplify=True, dynamic=False, batch=1
-            )
-        except Exception as exc:
-            raise _export_error(exc, source) from exc
-        finally:
-            os.chdir(cwd)
-        shutil.move(str(Path(work, out)), dest)
-
-
-def _export_onnx(source: SourceModel, shape: list[int], dest: Path, opset: int) -> None:
-    import onnx
-
-    try:
-        model = onnx.load(source.location)
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise UserInputError(
-            f"{source.filename} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}",
-            hint="re-export the model",
-        ) from exc
-    from toolchain.onnx_export import model_opset
-    from toolchain.opset import downgrade_opset
-
-    if model_opset(model) > opset:
-        model = downgrade_opset(model, opset, source.filename, shape)
-    onnx.save(model, dest)
-
-
 @dataclass(frozen=True)
 class SourceKind:
     detect: Callable[[Path], bool]
@@ -532,11 +357,11 @@ class SourceKind:
 
 # Order matters: the first kind whose detector accepts the file wins.
 SOURCE_KINDS: dict[str, SourceKind] = {
-    "onnx": SourceKind(_is_onnx, _export_onnx, "onnx"),
-    "torch-export": SourceKind(_is_torch_export, _export_torch, "torch"),
-    "torchscript": SourceKind(_is_torchscript, _export_torch, "torch"),
-    "ultralytics": SourceKind(_is_ultralytics, _export_ultralytics, "ultralytics"),
-    "torch-entrypoint": SourceKind(lambda _p: False, _export_torch, "torch"),
+    "onnx": SourceKind(_is_onnx, export_onnx_source, "onnx"),
+    "torch-export": SourceKind(_is_torch_export, export_torch, "torch"),
+    "torchscript": SourceKind(_is_torchscript, export_torch, "torch"),
+    "ultralytics": SourceKind(_is_ultralytics, export_ultralytics, "ultralytics"),
+    "torch-entrypoint": SourceKind(lambda _p: False, export_torch, "torch"),
     "keras": SourceKind(_is_keras, None, "tensorflow"),
     "saved-model": SourceKind(lambda _p: False, None, "tensorflow"),  # a folder, found by resolve_source
 }

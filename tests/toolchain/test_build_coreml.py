@@ -248,7 +248,8 @@ def test_converted_detector_decodes_like_ultralytics(yolo):
     from toolchain.backends.coreml import detector as coreml_detector
     from toolchain.backends.coreml import model as coreml_model
     from toolchain.detection import xywh_to_xyxy
-    from toolchain.sources import _load_ultralytics, resolve_source
+    from toolchain.source_export import load_ultralytics
+    from toolchain.sources import resolve_source
 
     checkpoint, data_yaml = yolo
     source = resolve_source(str(checkpoint))
@@ -261,7 +262,7 @@ def test_converted_detector_decodes_like_ultralytics(yolo):
         head=coreml_detector.detector_head(len(source.labels), 96, 96),
     )
     wrapper = plan.wrapped()
-    ultralytics = _load_ultralytics(str(checkpoint))
+    ultralytics = load_ultralytics(str(checkpoint))
     images = sorted((data_yaml.parent / "images" / "val").glob("*"))[:12]
     compared = 0
     for path in images:
@@ -302,11 +303,11 @@ def test_core_ml_predictions_match_ultralytics_on_macos(yolo, yolo_ios):
     from PIL import Image
 
     from toolchain.detection import xywh_to_xyxy
-    from toolchain.sources import _load_ultralytics
+    from toolchain.source_export import load_ultralytics
 
     checkpoint, data_yaml = yolo
     model = ct.models.MLModel(str(yolo_ios / "shapes-v1-ios/model.mlpackage"))
-    ultralytics = _load_ultralytics(str(checkpoint))
+    ultralytics = load_ultralytics(str(checkpoint))
     for path in sorted((data_yaml.parent / "images" / "val").glob("*"))[:12]:
         image = Image.open(path).convert("RGB")
         result = model.predict({"image": image, "iouThreshold": 0.7, "confidenceThreshold": 0.25})

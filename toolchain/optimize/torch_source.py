@@ -66,12 +66,12 @@ def load(source: SourceModel, input_shape: list[int]) -> TorchModel:
     """The source as an eager module in eval mode (a fresh copy on every call: each attempt prunes its own)."""
     import torch
 
-    from toolchain.sources import load_entrypoint
+    from toolchain.source_export import load_entrypoint
 
     if source.kind == "ultralytics":
-        from toolchain.sources import _load_ultralytics
+        from toolchain.source_export import load_ultralytics
 
-        yolo = _load_ultralytics(source.location)
+        yolo = load_ultralytics(source.location)
         module = yolo.model.float().eval()
         return TorchModel(
             source,

@@ -149,7 +149,7 @@ def source_module(source):
     """The PyTorch module behind `source`, in inference form; Core ML converts nothing else."""
     if source.kind == "ultralytics":
         return _ultralytics_module(source)
-    from toolchain.sources import load_torch_module
+    from toolchain.source_export import load_torch_module
 
     module = load_torch_module(source)
     if module is None:
@@ -167,9 +167,9 @@ def _ultralytics_module(source):
     from ultralytics.nn.modules import Detect
     from ultralytics.nn.modules.block import Attention
 
-    from toolchain.sources import _load_ultralytics
+    from toolchain.source_export import load_ultralytics
 
-    network = copy.deepcopy(_load_ultralytics(source.location).model).float().eval()
+    network = copy.deepcopy(load_ultralytics(source.location).model).float().eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     network = network.fuse()

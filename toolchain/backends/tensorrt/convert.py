@@ -200,7 +200,7 @@ class TensorRTConverter(Converter):
 
         from edgebundle.manifest import EngineBuild
         from edgetrt.device import device_info
-        from toolchain.sources import load_torch_module
+        from toolchain.source_export import load_torch_module
 
         module = load_torch_module(ctx.source).eval().cuda()
         precisions = {torch.float32}
