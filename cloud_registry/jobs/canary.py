@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
-from cloud_registry import gates, rollout_evidence
+from cloud_registry import gates, rollout_evidence, rollouts
 from cloud_registry import models as m
+from cloud_registry.crud import Publication
 from registry_api import retraining as rs
+from registry_api import schemas
 
 CANARY_HINT = (
     "check the labels of the job's dataset (edgectl retrain samples MODEL --export); rollout.canary of the "
@@ -53,3 +56,39 @@ def check(session: Session, job: m.RetrainingJob, rollout: m.Rollout) -> tuple[d
         f"{', '.join(crossed)} against v{job.parent_version} on the same "
         f"{devices} device{'s' if devices != 1 else ''}"
     )
+
+
+def reject_if_crossed(
+    session: Session,
+    job_id: int,
+    rollout_id: int,
+    *,
+    command_key: Ed25519PrivateKey,
+    public_url: str,
+) -> tuple[str | None, list[Publication]]:
+    """Check one watched canary, keeping its figures in the job's outcome; when a check is crossed, roll
+    its rollout back and reject the job. What was crossed (None: nothing, or another replica was
+    first) and the publications to send once the transaction commits."""
+    job = session.get(m.RetrainingJob, job_id)
+    rollout = rollouts.get_rollout(session, rollout_id=rollout_id, lock=True)
+    if job is None or job.state != "succeeded" or rollout.state not in schemas.ACTIVE_ROLLOUT_STATES:
+        return None, []  # another replica was first
+    figures, crossed = check(session, job, rollout)
+    if figures and (job.outcome or {}).get("canary") != figures:
+        job.outcome = {**(job.outcome or {}), "canary": figures}
+    if crossed is None:
+        return None, []
+    _, publications = rollouts.rollback(
+        session,
+        rollout_id=rollout_id,
+        actor=f"retraining-job-{job.id}",
+        reason=f"canary checks of retraining job {job.id}: {crossed}",
+        command_key=command_key,
+        public_url=public_url,
+    )
+    job.state, job.phase = "rejected", "canary"
+    job.reason = (
+        f"rejected in the field: {crossed}; rollout {rollout_id} rolled back; "
+        f"hint: {CANARY_HINT.replace('MODEL', job.model.name)}"
+    )
+    return crossed, publications

@@ -33,18 +33,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_registry import crud, db, drift, retraining, rollouts, samples
+from cloud_registry import db, drift, retraining
 from cloud_registry import models as m
 from cloud_registry.core.config import Settings
 from cloud_registry.crud import Conflict, Invalid, NotFound, Publication
-from cloud_registry.jobs import canary, staging
+from cloud_registry.jobs import canary, candidate, staging
 from cloud_registry.jobs.records import job_event, tail
 from cloud_registry.jobs.runners import Finished, JobRunner, make_runner
 from cloud_registry.jobs.spec import LOG_FILE, STATUS_FILE, JobOutcome
 from cloud_registry.jobs.staging import StageError
 from cloud_registry.jobs.verdict import decide
 from cloud_registry.storage import ArtifactStore
-from cloud_registry.verify import verify_trusted
 from edgebundle.errors import BundleError
 from registry_api import retraining as rs
 from registry_api import schemas
@@ -52,11 +51,6 @@ from registry_api import schemas
 log = logging.getLogger("cloud_registry.jobs")
 MAX_ATTEMPTS = 3  # a job whose attempts keep losing their registry (it crashes the host?) fails after this
 UNPACK_FACTOR = 4
-
-
-def _class_names(session: Session, job: m.RetrainingJob) -> list[str]:
-    parent = crud.get_version(session, model=job.model.name, version=job.parent_version)
-    return list(parent.artifacts[0].bundle_manifest().postprocessing.labels) if parent.artifacts else []
 
 
 class JobManager:
@@ -156,36 +150,18 @@ class JobManager:
             ).all()
         rejected = []
         for job_id, rollout_id in watched:
-            publications: list[Publication] = []
             try:
                 with db.transaction(self.factory) as session:
-                    job = session.get(m.RetrainingJob, job_id)
-                    rollout = rollouts.get_rollout(session, rollout_id=rollout_id, lock=True)
-                    if (
-                        job is None
-                        or job.state != "succeeded"
-                        or rollout.state not in schemas.ACTIVE_ROLLOUT_STATES
-                    ):
-                        continue  # another replica was first
-                    figures, crossed = canary.check(session, job, rollout)
-                    if figures and (job.outcome or {}).get("canary") != figures:
-                        job.outcome = {**(job.outcome or {}), "canary": figures}
-                    if crossed is None:
-                        continue
-                    _, publications = rollouts.rollback(
+                    crossed, publications = canary.reject_if_crossed(
                         session,
-                        rollout_id=rollout_id,
-                        actor=f"retraining-job-{job.id}",
-                        reason=f"canary checks of retraining job {job.id}: {crossed}",
+                        job_id,
+                        rollout_id,
                         command_key=self.command_key,
                         public_url=self.settings.public_url,
                     )
-                    job.state, job.phase = "rejected", "canary"
-                    job.reason = (
-                        f"rejected in the field: {crossed}; rollout {rollout_id} rolled back; "
-                        f"hint: {canary.CANARY_HINT.replace('MODEL', job.model.name)}"
-                    )
             except Conflict:
+                continue
+            if crossed is None:
                 continue
             log.warning("job %d: canary rolled back: %s", job_id, crossed)
             rejected.append(job_id)
@@ -391,14 +367,21 @@ class JobManager:
                 job.evaluation = outcome.evaluation
                 job.finished_at, job.lease_until = self.clock(), None
                 self._keep_log(job)
-                identical_to = self._same_model_as(session, job, outcome)
-                self._register(session, job, outcome)
+                identical_to = candidate.same_model_as(session, job, outcome)
+                candidate.register_candidate(
+                    session,
+                    job,
+                    outcome,
+                    store=self.store,
+                    trusted_keys=self.trusted_keys,
+                    max_bytes=self.settings.max_upload_bytes * UNPACK_FACTOR,
+                )
                 snapshot = job.snapshot
                 accepted, reason = decide(
                     outcome.evaluation,
                     policy.evaluation,
                     model=job.model.name,
-                    labels=_class_names(session, job),
+                    labels=candidate.class_names(session, job),
                     identical_to=identical_to,
                     new_labels=snapshot is None
                     or retraining.new_evidence(
@@ -415,7 +398,9 @@ class JobManager:
                 job.state, job.phase = "succeeded", "done"
                 job_event(session, job)
                 if policy.rollout.enabled:
-                    publications = self._roll_out(session, job, policy)
+                    publications = candidate.roll_out_candidate(
+                        session, job, policy, public_url=self.settings.public_url
+                    )
                 log.info("job %d: %s", job.id, job.reason)
         except (Invalid, Conflict, NotFound, BundleError, OSError) as exc:
             self._fail(
@@ -426,79 +411,3 @@ class JobManager:
             )
             return
         self.publish(publications)
-
-    def _same_model_as(self, session: Session, job: m.RetrainingJob, outcome: JobOutcome) -> int | None:
-        """The version of the model whose source is the very file the job trained (None: a new model)."""
-        if outcome.model_sha256 is None:
-            return None
-        return session.scalar(
-            select(func.min(m.ModelVersion.version)).where(
-                m.ModelVersion.model_id == job.model_id,
-                m.ModelVersion.source_sha256 == outcome.model_sha256,
-                m.ModelVersion.version != job.new_version,
-            )
-        )
-
-    def _register(self, session: Session, job: m.RetrainingJob, outcome: JobOutcome) -> None:
-        """The candidate's bundles, verified like an upload, and its source model: a new version with lineage."""
-        model = job.model
-        source_sha256 = None
-        for target, archive in sorted(outcome.bundles.items()):
-            manifest = verify_trusted(
-                archive, self.trusted_keys, self.settings.max_upload_bytes * UNPACK_FACTOR
-            )
-            if (manifest.name, manifest.version, manifest.target) != (model.name, job.new_version, target):
-                raise Invalid(
-                    f"the job built {manifest.name} v{manifest.version} for {manifest.target}, "
-                    f"not {model.name} v{job.new_version} for {target}"
-                )
-            sha256 = samples.put_file(session, self.store, archive)
-            crud.register_artifact(
-                session,
-                manifest=manifest,
-                archive_sha256=sha256,
-                archive_size=archive.stat().st_size,
-                uploaded_by=f"retraining-job-{job.id}",
-            )
-            source_sha256 = manifest.source.sha256
-        if outcome.model is not None and outcome.model_sha256 == source_sha256:
-            samples.put_file(session, self.store, outcome.model)  # the next job's parent weights
-        version = crud.get_version(session, model=model.name, version=job.new_version)
-        snapshot = job.snapshot
-        if snapshot is not None:
-            version.data_snapshots = {
-                **(version.data_snapshots or {}),
-                f"feedback-{snapshot.number}-train": snapshot.train_sha256,
-                f"feedback-{snapshot.number}-holdout": snapshot.holdout_sha256,
-            }
-
-    def _roll_out(
-        self, session: Session, job: m.RetrainingJob, policy: rs.RetrainingPolicy
-    ) -> list[Publication]:
-        selection = policy.rollout.selection
-        if selection is None:
-            if len(policy.groups) == 1:
-                selection = schemas.Selection(group=policy.groups[0])
-            elif policy.groups:
-                names = session.scalars(select(m.Device.name).where(m.Device.group.in_(policy.groups))).all()
-                selection = schemas.Selection(devices=sorted(names))
-            else:
-                selection = schemas.Selection()
-        body = schemas.RolloutCreate(
-            model=job.model.name,
-            version=job.new_version,
-            selection=selection,
-            waves=policy.rollout.waves,
-            policy=schemas.GatePolicy.model_validate(policy.rollout.gates.model_dump()),
-        )
-        try:
-            with session.begin_nested():
-                rollout, publications = rollouts.create_rollout(
-                    session, body=body, actor=f"retraining-job-{job.id}", public_url=self.settings.public_url
-                )
-        except Conflict as exc:
-            job.reason = f"{job.reason}; no rollout: {exc}"
-            return []
-        job.rollout_id = rollout.id
-        job.reason = f"{job.reason}; canary rollout {rollout.id} started"
-        return publications
