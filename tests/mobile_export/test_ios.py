@@ -132,7 +132,7 @@ def test_model_info_matches_the_bundle(digits_app, bundles):
 
 def test_package_is_the_bundles_with_only_its_metadata_stamped(digits_app, bundles):
     from mobile_export.coreml_metadata import read_metadata
-    from toolchain.backends.coreml.checks import read_package
+    from toolchain.backends.coreml.package import read_package
 
     out, _ = digits_app
     bundle, exported = bundles / "digits-v1-ios/model.mlpackage", out / "Digits.mlpackage"

@@ -106,7 +106,7 @@ def yolo_ios(yolo, keys, tmp_path_factory) -> Path:
 
 
 def test_fp16_digits_is_an_ml_program_image_classifier(digits_ios):
-    from toolchain.backends.coreml.checks import read_package
+    from toolchain.backends.coreml.package import read_package
 
     bundle = digits_ios / "digits-v1-ios"
     manifest = _manifest(bundle)
@@ -162,7 +162,7 @@ def test_fp16_validation_says_what_ran(digits_ios):
 
 
 def test_int8_weights_halve_the_package_and_say_weights_only(digits_ios, yolo_ios):
-    from toolchain.backends.coreml.checks import read_package
+    from toolchain.backends.coreml.package import read_package
 
     for fp16, int8, compressed in (
         ("digits-v1-ios", "digits8-v1-ios", 5),
@@ -191,7 +191,7 @@ def test_int8_weights_halve_the_package_and_say_weights_only(digits_ios, yolo_io
 
 
 def test_palettized_weights_are_smaller_and_their_error_shows(digits_ios):
-    from toolchain.backends.coreml.checks import read_package
+    from toolchain.backends.coreml.package import read_package
 
     manifest = _manifest(digits_ios / "digits4-v1-ios")
     weights = manifest.coreml.weights
@@ -211,7 +211,7 @@ def test_palettized_weights_are_smaller_and_their_error_shows(digits_ios):
 
 
 def test_yolo_package_is_a_pipeline_vision_reads_as_objects(yolo_ios):
-    from toolchain.backends.coreml.checks import read_package
+    from toolchain.backends.coreml.package import read_package
 
     manifest = _manifest(yolo_ios / "shapes-v1-ios")
     coreml = manifest.coreml
@@ -400,6 +400,7 @@ def _checked(plan, expected, source, tmp_path: Path) -> dict[str, bool]:
     from edgebase.deps import version_of
     from toolchain.backends.coreml import checks as coreml_checks
     from toolchain.backends.coreml import model as coreml_model
+    from toolchain.backends.coreml import package as coreml_package
 
     ct = deps.import_coremltools()
     mlmodel = coreml_model.convert(ct, plan)
@@ -415,7 +416,7 @@ def _checked(plan, expected, source, tmp_path: Path) -> dict[str, bool]:
     )
     package = tmp_path / "model.mlpackage"
     mlmodel.save(str(package))
-    checks = coreml_checks.structural_checks(coreml_checks.read_package(package), expected)
+    checks = coreml_checks.structural_checks(coreml_package.read_package(package), expected)
     return {c.name: c.passed for c in checks}
 
 
@@ -523,8 +524,8 @@ def test_torch_export_source_converts(tmp_path):
     import torch
 
     from edgebundle.manifest import Preprocessing
-    from toolchain.backends.coreml import checks as coreml_checks
     from toolchain.backends.coreml import model as coreml_model
+    from toolchain.backends.coreml import package as coreml_package
     from toolchain.demo import _make_model
     from toolchain.sources import resolve_source
 
@@ -542,6 +543,6 @@ def test_torch_export_source_converts(tmp_path):
     )
     ct = deps.import_coremltools()
     coreml_model.convert(ct, plan).save(str(tmp_path / "model.mlpackage"))
-    info = coreml_checks.read_package(tmp_path / "model.mlpackage")
+    info = coreml_package.read_package(tmp_path / "model.mlpackage")
     assert [(f.name, f.kind, f.shape) for f in info.inputs] == [("image", "image", [1, 32, 32])]
     assert [(f.name, f.shape) for f in info.outputs] == [("logits", [1, 10])]

@@ -75,8 +75,8 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     from onnx import numpy_helper
 
     from edgebundle.manifest import Preprocessing
-    from toolchain.backends.coreml import checks as coreml_checks
     from toolchain.backends.coreml import model as coreml_model
+    from toolchain.backends.coreml import package as coreml_package
     from toolchain.backends.coreml.emulate import emulate
 
     path, source = reference
@@ -88,7 +88,7 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     mlmodel, mode, _, _ = coreml_model.compress(ct, coreml_model.convert(ct, plan), "fp16", 4)
     package = tmp_path / "p4.mlpackage"
     mlmodel.save(str(package))
-    dense = coreml_checks.dense_weights(coreml_checks.read_package(package))
+    dense = coreml_package.dense_weights(coreml_package.read_package(package))
     assert mode == "palettized" and len(dense) == 5
     assert all(len(np.unique(values)) <= 16 for _, values in dense)
 

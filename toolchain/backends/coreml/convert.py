@@ -42,6 +42,7 @@ class CoreMLConverter(Converter):
         from toolchain.backends.coreml import checks as coreml_checks
         from toolchain.backends.coreml import detector as coreml_detector
         from toolchain.backends.coreml import model as cm
+        from toolchain.backends.coreml import package as coreml_package
 
         options = ctx.profile.runtime_options()
         if options.convert_to != "mlprogram":
@@ -123,7 +124,7 @@ class CoreMLConverter(Converter):
             package = ctx.workdir / PACKAGE
             mlmodel.save(str(package))
 
-        info = coreml_checks.read_package(package)
+        info = coreml_package.read_package(package)
         expected = coreml_checks.Expected(
             input_name=plan.input_name,
             input_shape=plan.input_shape,
@@ -141,7 +142,7 @@ class CoreMLConverter(Converter):
         checks = coreml_checks.structural_checks(info, expected)
         broken = coreml_checks.failed(checks)
         if broken:
-            raise coreml_checks.PackageCheckError(
+            raise coreml_package.PackageCheckError(
                 "the Core ML package fails its structural checks: "
                 + "; ".join(f"{c.name} ({c.detail})" for c in broken),
                 hint="this is a bug in edgectl's Core ML conversion; please report it with the model",
@@ -207,8 +208,8 @@ class CoreMLConverter(Converter):
 
     def _numerical(self, ctx: BuildContext, package, info, compute: str, notes: list[str]):
         """(report, what the check was, whether Core ML itself predicted): macOS predicts, others emulate."""
-        from toolchain.backends.coreml import checks as coreml_checks
         from toolchain.backends.coreml import emulate as coreml_emulate
+        from toolchain.backends.coreml import package as coreml_package
         from toolchain.runners import runs_on_host
 
         if not ctx.sample_reference:  # no --val or --calib: the pipeline has nothing to judge with
@@ -220,7 +221,7 @@ class CoreMLConverter(Converter):
         emulation = coreml_emulate.emulate(
             ctx.fp32_onnx,
             ctx.workdir / "coreml_emulation.onnx",
-            coreml_checks.dense_weights(info),
+            coreml_package.dense_weights(info),
             fp16=compute == "fp16",
         )
         if emulation.unmatched:

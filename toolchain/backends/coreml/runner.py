@@ -21,9 +21,9 @@ import numpy as np
 
 from edgebase.deps import import_coremltools
 from edgebundle.manifest import Preprocessing, TensorSpec
-from toolchain.backends.coreml.checks import read_package
 from toolchain.backends.coreml.detector import RAW_CONFIDENCE, RAW_COORDINATES
 from toolchain.backends.coreml.model import META_PREPROCESSING
+from toolchain.backends.coreml.package import read_package
 
 MACOS_ONLY = "Core ML predicts only on macOS"
 _TENSOR_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32"}
