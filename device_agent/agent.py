@@ -18,8 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from device_agent import agent_version
 from device_agent.config import AgentConfig
 from device_agent.errors import AgentError
@@ -30,39 +28,14 @@ from device_agent.pipeline import Pipeline
 from device_agent.registry_client import RegistryClient, RegistryError
 from device_agent.runtimes import SessionOptions
 from device_agent.samples import SampleUploader
-from device_agent.state import AgentPaths, AgentState, Slot, SlotInfo, StateStore, UpdateRecord
+from device_agent.state import AgentPaths, AgentState, Slot, StateStore, UpdateRecord
+from device_agent.status import AgentStatus, prometheus_lines, status_of
 from device_agent.update import Updater
 from edgebundle import BundleError, verify_bundle
-from edgewire import ModelRef, Paths, Presence, QueueStats, SystemStats, Telemetry, Topics, UpdateStatus
+from edgewire import Paths, Presence, SystemStats, Telemetry, Topics, UpdateStatus
 from edgewire.messages import dump_payload
 
 log = logging.getLogger(__name__)
-
-
-class UpdateView(BaseModel):
-    update_id: str
-    state: str
-    model: str
-    from_version: int | None
-    to_version: int
-    reason: str | None
-    slot: str
-    entered_at: float
-
-
-class AgentStatus(BaseModel):
-    device: str
-    fleet: str
-    target: str
-    agent_version: str
-    uptime_s: float
-    model: ModelRef | None
-    runtime: dict[str, str]
-    active_slot: str | None
-    slots: dict[str, SlotInfo | None]
-    update: UpdateView | None
-    mqtt: dict[str, bool]
-    queue: QueueStats
 
 
 def acquire_lock(path: Path) -> int:
@@ -327,74 +300,10 @@ class Agent:
     # ------------------------------------------------------------------ status
 
     def status(self) -> AgentStatus:
-        assert self.updater is not None and self.outbox is not None
-        with self.updater.lock:
-            state = self.state.model_copy(deep=True)
-            pipeline = self.pipeline
-        record = state.update
-        update = None
-        if record is not None:
-            update = UpdateView(
-                update_id=record.update_id,
-                state=record.state,
-                model=record.desired.model,
-                from_version=record.from_version,
-                to_version=record.desired.version,
-                reason=record.reason,
-                slot=record.slot,
-                entered_at=record.entered_at,
-            )
-        return AgentStatus(
-            device=self.identity.device,
-            fleet=self.identity.fleet,
-            target=self.config.device.target,
-            agent_version=agent_version(),
-            uptime_s=round(time.monotonic() - self.started, 1),
-            model=pipeline.model_ref if pipeline else None,
-            runtime=pipeline.session.details if pipeline else {},
-            active_slot=state.active,
-            slots=dict(state.slots),
-            update=update,
-            mqtt={"configured": self.link is not None, "connected": bool(self.link and self.link.connected)},
-            queue=self.outbox.stats(),
-        )
+        return status_of(self)
 
     def prometheus(self) -> list[str]:
-        assert self.outbox is not None
-        queue = self.outbox.stats()
-        pipeline = self.pipeline
-        lines = self.metrics.prometheus()
-        lines += [
-            "# HELP edgectl_agent_queue_pending Messages waiting on disk for the broker.",
-            "# TYPE edgectl_agent_queue_pending gauge",
-            f"edgectl_agent_queue_pending {queue.pending}",
-            "# HELP edgectl_agent_queue_dropped_total Messages dropped at the queue bound.",
-            "# TYPE edgectl_agent_queue_dropped_total counter",
-            f"edgectl_agent_queue_dropped_total {queue.dropped_total}",
-            "# HELP edgectl_agent_mqtt_connected 1 while connected to the broker.",
-            "# TYPE edgectl_agent_mqtt_connected gauge",
-            f"edgectl_agent_mqtt_connected {int(bool(self.link and self.link.connected))}",
-            "# HELP edgectl_agent_model_info The model served (value 1).",
-            "# TYPE edgectl_agent_model_info gauge",
-        ]
-        if pipeline is not None:
-            ref = pipeline.model_ref
-            lines.append(
-                f'edgectl_agent_model_info{{name="{ref.name}",version="{ref.version}",slot="{ref.slot}"}} 1'
-            )
-        update_state = self.updater.current_state if self.updater else "IDLE"
-        lines += [
-            "# HELP edgectl_agent_update_state The update machine's state (value 1).",
-            "# TYPE edgectl_agent_update_state gauge",
-            f'edgectl_agent_update_state{{state="{update_state}"}} 1',
-        ]
-        if self._probe is not None:
-            lines += [
-                "# HELP edgectl_agent_resident_memory_bytes Resident memory of the agent process.",
-                "# TYPE edgectl_agent_resident_memory_bytes gauge",
-                f"edgectl_agent_resident_memory_bytes {int(self._probe.rss_mb() * 2**20)}",
-            ]
-        return lines
+        return prometheus_lines(self)
 
     # ------------------------------------------------------------------ life cycle
 
