@@ -4,9 +4,9 @@ A row says what artifact a profile of that runtime ships, the file suffixes its 
 the module that runs it on the host (imported before a benchmark's memory baseline, so the
 runtime's own import is not counted as the model's), the extra that installs that module, and
 whether this host can run it at all (Core ML predicts only on macOS). Adding a runtime is one row
-here and one package `toolchain/backends/<runtime>/` (its `convert.py` registers the converter),
-plus its host runner in `toolchain/runners.py`'s table and its options model in `targets/options.py`;
-`tests/toolchain/test_registries.py` fails when any of those is missing for a row.
+here (with its options model in `targets/options.py`) and one package `toolchain/backends/<package>/`:
+its `convert.py` registers the converter and its `runner.py` names the host runner (`RUNNER`); both
+are found from this table. `tests/toolchain/test_registries.py` fails when any of those is missing.
 
 Data only (the standard library): the device agent and the registry import `targets`.
 """
@@ -25,6 +25,11 @@ class RuntimeFacts:
     host_module: str | None  # what runs it on the host; None where nothing does (TensorRT needs a GPU)
     extra: str  # the extra that installs `host_module`
     on_host: bool = True  # False where the runner can read the artifact's tensors but not run it here
+
+    @property
+    def package(self) -> str:
+        """Its backend package: `toolchain.backends.<package>` (convert.py, runner.py, ...)."""
+        return self.name.replace("-", "_")
 
 
 RUNTIMES: dict[str, RuntimeFacts] = {

@@ -1,14 +1,15 @@
 """Run an artifact on the host, one table entry per runtime, for validation and benchmarks.
 
-Each runtime's runner lives in its backend package (`toolchain/backends/<runtime>/runner.py`); this
-module holds the protocol they share, the table, and the SavedModel runner (a Keras source's FP32
-reference: a source, not a target runtime).
+Each runtime's runner lives in its backend package (`toolchain/backends/<package>/runner.py`, its
+`RUNNER`), found from the runtime table; this module holds the protocol they share, the table that
+finds them, and the SavedModel runner (a Keras source's FP32 reference: a source, not a target).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -17,10 +18,6 @@ import numpy as np
 from edgebase.deps import require
 from edgebundle.manifest import TensorSpec
 from targets.runtimes import RUNTIMES, runtime_for_suffix
-from toolchain.backends.onnxruntime.runner import OnnxRuntimeRunner
-from toolchain.backends.tensorrt.runner import TensorRTEngineRunner
-from toolchain.backends.tflite.runner import LiteRTRunner
-from toolchain.backends.tflite_micro.runner import MicroRunner
 
 
 class Runner(Protocol):
@@ -76,21 +73,25 @@ class SavedModelRunner:
         return [spec(n, v) for n, v in kwargs.items()], [spec(n, outputs[n]) for n in self._output_names]
 
 
-def _coreml_runner(path: Path, threads: int | None = None) -> Runner:
-    """Core ML packages (`toolchain.backends.coreml.runner`): tensors from the spec anywhere, predictions on macOS."""
-    from toolchain.backends.coreml.runner import CoreMLRunner
+class _RunnerTable(Mapping[str, Callable[[Path, int | None], Runner]]):
+    """runtime -> runner: the `RUNNER` of `toolchain/backends/<package>/runner.py` for every row of the
+    runtime table, imported when first asked for (Core ML's reads the package with coremltools' protos),
+    and the SavedModel runner of a Keras source's reference."""
 
-    return CoreMLRunner(path, threads)
+    def __getitem__(self, runtime: str) -> Callable[[Path, int | None], Runner]:
+        if runtime == "tensorflow":
+            return SavedModelRunner
+        row = RUNTIMES[runtime]
+        return importlib.import_module(f"toolchain.backends.{row.package}.runner").RUNNER
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*RUNTIMES, "tensorflow"))
+
+    def __len__(self) -> int:
+        return len(RUNTIMES) + 1
 
 
-RUNNERS: dict[str, Callable[[Path, int | None], Runner]] = {
-    "onnxruntime": OnnxRuntimeRunner,
-    "tflite": LiteRTRunner,
-    "tensorflow": SavedModelRunner,
-    "tensorrt": TensorRTEngineRunner,
-    "coreml": _coreml_runner,
-    "tflite-micro": MicroRunner,
-}
+RUNNERS = _RunnerTable()
 
 
 def runtime_for(path: Path) -> str:

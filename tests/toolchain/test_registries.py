@@ -67,22 +67,24 @@ def test_every_runtime_row_has_a_converter_a_runner_and_a_real_extra():
 
 
 def test_every_runtime_is_one_backend_package_whose_convert_module_registers_it():
-    """`toolchain/backends/<runtime>/convert.py` holds the converter; nothing else registers one."""
+    """`toolchain/backends/<package>/convert.py` holds the converter and `runner.py` the host runner
+    (its `RUNNER`), both found from the runtime table's row; nothing else registers one."""
+    import importlib
     import inspect
 
     from targets.runtimes import RUNTIMES
+    from toolchain.runners import RUNNERS
 
     backends = TESTS.parents[1] / "toolchain" / "backends"
     packages = {p.name for p in backends.iterdir() if (p / "__init__.py").is_file()}
-    assert packages == {name.replace("-", "_") for name in RUNTIMES}
+    assert packages == {row.package for row in RUNTIMES.values()}
     for runtime, converter in CONVERTERS.items():
         module = Path(inspect.getfile(type(converter)))
-        assert module == backends / runtime.replace("-", "_") / "convert.py", runtime
-    from toolchain.runners import RUNNERS
-
-    for runtime in RUNTIMES:  # and its host runner beside it, in the runners' table
-        assert (backends / runtime.replace("-", "_") / "runner.py").is_file(), runtime
-        assert runtime in RUNNERS, runtime
+        assert module == backends / RUNTIMES[runtime].package / "convert.py", runtime
+    for runtime, row in RUNTIMES.items():
+        runner = importlib.import_module(f"toolchain.backends.{row.package}.runner")
+        assert RUNNERS[runtime] is runner.RUNNER, runtime
+    assert "tensorflow" in RUNNERS and "no-such-runtime" not in RUNNERS
 
 
 def test_suffixes_name_one_runtime_each_and_the_longest_wins():

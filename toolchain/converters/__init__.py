@@ -1,5 +1,5 @@
 """The converter table: one `convert` module per runtime package in `toolchain/backends/`,
-registered by decorator into CONVERTERS.
+registered by decorator into CONVERTERS; the packages are the runtime table's rows (`targets.runtimes`).
 
 A converter turns the cached FP32 ONNX model into the target's artifact(s) at
 the asked precision. It may call `ctx.evaluate` to repair its own output (the
@@ -10,11 +10,9 @@ imports its libraries inside `convert`.
 
 from __future__ import annotations
 
-from toolchain.backends.coreml import convert as _coreml  # noqa: F401
-from toolchain.backends.onnxruntime import convert as _onnxruntime  # noqa: F401  (registers itself)
-from toolchain.backends.tensorrt import convert as _tensorrt  # noqa: F401
-from toolchain.backends.tflite import convert as _tflite  # noqa: F401
-from toolchain.backends.tflite_micro import convert as _tflite_micro  # noqa: F401
+import importlib
+
+from targets.runtimes import RUNTIMES
 from toolchain.converters.base import (
     CONVERTERS,
     KNOWN_RUNTIMES,
@@ -25,6 +23,9 @@ from toolchain.converters.base import (
     get_converter,
     register,
 )
+
+for _row in RUNTIMES.values():  # each runtime's package registers its converter as it is imported
+    importlib.import_module(f"toolchain.backends.{_row.package}.convert")
 
 __all__ = [
     "CONVERTERS",

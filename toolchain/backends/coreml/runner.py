@@ -130,3 +130,6 @@ class CoreMLRunner:
         coordinates = np.asarray(result[RAW_COORDINATES], dtype=np.float32) * [width, height, width, height]
         confidence = np.asarray(result[RAW_CONFIDENCE], dtype=np.float32)[:, : self.info.nms.classes]
         return np.concatenate([coordinates, confidence], axis=1).T[None]
+
+
+RUNNER = CoreMLRunner  # what `toolchain.runners` opens artifacts of this runtime with

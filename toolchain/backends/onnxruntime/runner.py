@@ -40,3 +40,6 @@ class OnnxRuntimeRunner:
             return TensorSpec(name=value.name, shape=shape, dtype=ORT_DTYPES.get(value.type, "float32"))
 
         return [spec(v) for v in self.session.get_inputs()], [spec(v) for v in self.session.get_outputs()]
+
+
+RUNNER = OnnxRuntimeRunner  # what `toolchain.runners` opens artifacts of this runtime with

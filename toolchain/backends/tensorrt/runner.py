@@ -32,3 +32,6 @@ class TensorRTEngineRunner:
             return TensorSpec(name=name, shape=list(shape), dtype=np.dtype(dtype).name)
 
         return [spec(*t) for t in self._runner.inputs], [spec(*t) for t in self._runner.outputs]
+
+
+RUNNER = TensorRTEngineRunner  # what `toolchain.runners` opens artifacts of this runtime with

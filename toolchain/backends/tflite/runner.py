@@ -81,3 +81,6 @@ class LiteRTRunner:
             )
 
         return [spec(self._input)], [spec(d) for d in self._outputs]
+
+
+RUNNER = LiteRTRunner  # what `toolchain.runners` opens artifacts of this runtime with

@@ -82,3 +82,6 @@ class MicroRunner:
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return [_spec(self._input)], [_spec(t) for t in self._outputs]
+
+
+RUNNER = MicroRunner  # what `toolchain.runners` opens artifacts of this runtime with
