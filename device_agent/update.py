@@ -4,6 +4,12 @@ The states, their facts (final, failed, risky, supersedable) and the table of (s
 are the wire contract's (`edgewire.update_states`, drawn there); this module holds the behaviour: one
 action per working state (`ACTIONS`), and the state persisted on entering every state.
 
+Over 400 lines on purpose: the machine is one `Updater`, read top to bottom in the order an update
+runs (offers, the loop, then one short action per state that returns its event). The actions share
+its lock, its persisted state and its stop and cancel events, and the kill tests pin what each one
+leaves on disk; split across modules, the order of a state's disk changes would no longer be seen
+in one place.
+
 What each state does, and what a kill there leaves:
 - QUEUED: checks what the desired message says (target, size cap, version or
   a signed rollback order). Nothing on disk but the state.

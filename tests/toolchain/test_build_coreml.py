@@ -399,12 +399,13 @@ def _checked(plan, expected, source, tmp_path: Path) -> dict[str, bool]:
     """Convert `plan` as the converter does, save, read back, check: {check name: passed}."""
     from edgebase.deps import version_of
     from toolchain.backends.coreml import checks as coreml_checks
+    from toolchain.backends.coreml import compress as coreml_compress
     from toolchain.backends.coreml import model as coreml_model
     from toolchain.backends.coreml import package as coreml_package
 
     ct = deps.import_coremltools()
     mlmodel = coreml_model.convert(ct, plan)
-    weights = coreml_model.weights_report("fp16", 16, None, 0, "fp16")
+    weights = coreml_compress.weights_report("fp16", 16, None, 0, "fp16")
     coreml_model.describe(
         mlmodel,
         source=source,

@@ -75,6 +75,7 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     from onnx import numpy_helper
 
     from edgebundle.manifest import Preprocessing
+    from toolchain.backends.coreml import compress as coreml_compress
     from toolchain.backends.coreml import model as coreml_model
     from toolchain.backends.coreml import package as coreml_package
     from toolchain.backends.coreml.emulate import emulate
@@ -85,7 +86,7 @@ def test_compressed_weights_come_from_the_package(reference, inputs, tmp_path):
     plan = coreml_model.Conversion(
         module=coreml_model.source_module(source), input_shape=[1, 1, 32, 32], image=image
     )
-    mlmodel, mode, _, _ = coreml_model.compress(ct, coreml_model.convert(ct, plan), "fp16", 4)
+    mlmodel, mode, _, _ = coreml_compress.compress(ct, coreml_model.convert(ct, plan), "fp16", 4)
     package = tmp_path / "p4.mlpackage"
     mlmodel.save(str(package))
     dense = coreml_package.dense_weights(coreml_package.read_package(package))

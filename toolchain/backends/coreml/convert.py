@@ -40,6 +40,7 @@ class CoreMLConverter(Converter):
 
     def convert(self, ctx: BuildContext) -> ConverterResult:
         from toolchain.backends.coreml import checks as coreml_checks
+        from toolchain.backends.coreml import compress as coreml_compress
         from toolchain.backends.coreml import detector as coreml_detector
         from toolchain.backends.coreml import model as cm
         from toolchain.backends.coreml import package as coreml_package
@@ -106,9 +107,11 @@ class CoreMLConverter(Converter):
 
         with output_to(log):
             mlmodel = cm.convert(ct, plan)
-            mlmodel, mode, bits, granularity = cm.compress(ct, mlmodel, ctx.precision, ctx.palettize)
-            weights = cm.weights_report(
-                mode, bits, granularity, cm.compressed_tensors(mlmodel, mode), compute
+            mlmodel, mode, bits, granularity = coreml_compress.compress(
+                ct, mlmodel, ctx.precision, ctx.palettize
+            )
+            weights = coreml_compress.weights_report(
+                mode, bits, granularity, coreml_compress.compressed_tensors(mlmodel, mode), compute
             )
             if detector:
                 mlmodel = coreml_detector.nms_pipeline(ct, mlmodel, nms, ctx.labels)
