@@ -95,8 +95,8 @@ def _exported_names(tmp_path) -> set[str]:
 
     from fastapi.testclient import TestClient
 
-    import device_agent.agent as agent
     import device_agent.metrics as agent_metrics
+    import device_agent.status as agent_status
     from cloud_registry.main import create_app
     from edgebundle import generate_keypair
     from tests.cloud_registry.conftest import ADMIN_TOKEN, make_settings
@@ -106,7 +106,7 @@ def _exported_names(tmp_path) -> set[str]:
     with TestClient(app) as client:
         text = client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
     exported = set(re.findall(r"^# TYPE (edgectl_registry_[a-z0-9_]+) ", text, re.M))
-    for module in (agent, agent_metrics):
+    for module in (agent_status, agent_metrics):
         exported |= set(re.findall(r"# TYPE (edgectl_agent_[a-z0-9_]+)", inspect.getsource(module)))
     exported |= {f"edgectl_agent_inference_latency_seconds_{s}" for s in ("bucket", "sum", "count")}
     return exported

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from cloud_registry import db, drift, retraining, samples
 from cloud_registry import models as m
+from cloud_registry.jobs import candidate
 from edgebundle.manifest import DriftSummary
 from edgewire.messages import InferenceStats, ModelRef, Telemetry, new_message_id
 from registry_api import retraining as rs
@@ -285,7 +286,9 @@ def test_a_canary_that_answers_one_class_in_the_field_is_rolled_back(fleet, sign
             actor="test",
         )
         job.state, job.phase, job.new_version, job.reason = "succeeded", "done", 2, "accepted"
-        publications = registry.jobs._roll_out(session, job, rs.RetrainingPolicy.model_validate(policy))
+        publications = candidate.roll_out_candidate(
+            session, job, rs.RetrainingPolicy.model_validate(policy), public_url=registry.settings.public_url
+        )
         job_id, rollout_id = job.id, job.rollout_id
     registry.publish(publications)
     desired = wait_for(lambda: [d for d in commands.messages("desired") if d.get("version") == 2])[0]
