@@ -19,7 +19,7 @@ Goals (issue 17): detector >= 1.5x faster FP32 for <= 1.5 mAP50-95 points after 
 classifier >= 1.5x faster for <= 0.5 top-1 points. Writes benchmarks/results/prune.{json,md,png}.
 
     nice .venv/bin/python benchmarks/prune.py [--out benchmarks/results] [--epochs-classifier 10]
-        [--epochs-detector 20] [--epochs-640 4] [--ratio 0.3] [--detector-ratios 0.3,0.5]
+        [--epochs-detector 20] [--epochs-640 4] [--base-epochs-640 N] [--ratio 0.3] [--detector-ratios 0.3,0.5]
         [--ratios-640 0.5] [--runs 100] [--classifier-round-to 1,8] [--skip-classifier] [--sizes 160,640]
 """
 
@@ -257,7 +257,8 @@ def _earlier_control(path: Path | None, how: str, shape: list[int], epochs: int)
 def bench_detector(work: Path, key: Path, args) -> list[dict]:
     rows = []
     for size in args.sizes:
-        spec = _detector_model(size, args.models_cache, args.epochs_640, args.base_epochs)
+        base_640 = args.base_epochs_640 if args.base_epochs_640 is not None else args.epochs_640
+        spec = _detector_model(size, args.models_cache, base_640, args.base_epochs)
         checkpoint, data_yaml, calib = spec["checkpoint"], Path(spec["data"]), Path(spec["calib"])
         epochs = args.epochs_detector if size == 160 else args.epochs_640
         ratios = args.detector_ratios if size == 160 else args.ratios_640
@@ -423,6 +424,10 @@ def main() -> None:
     parser.add_argument(
         "--epochs-640", type=int, default=4, help="fine-tune epochs at 640 px (about 3 min each)"
     )
+    parser.add_argument(
+        "--base-epochs-640", type=int, default=None,
+        help="epochs the 640 px base is fine-tuned from the 160 px model before pruning (default: --epochs-640)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
