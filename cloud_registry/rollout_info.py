@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from cloud_registry import models as m
 from cloud_registry.rollout_evidence import FAILED_STATES
+from cloud_registry.rollouts import update_id_prefix
 from edgewire.update_states import FAILED_UPDATE_STATES
 from registry_api import schemas
 
@@ -17,7 +18,7 @@ def update_outcomes(session: Session, rollout: m.Rollout) -> dict[int, str]:
 
     Read from the devices' update statuses, so a revert afterwards (a halted wave) does not hide it.
     """
-    prefix = f"r{rollout.id}-u{rollout.version.version}-d"
+    prefix = update_id_prefix(rollout.id, rollout.version.version)
     outcomes: dict[int, str] = {}
     rows = session.execute(
         select(m.UpdateEvent.device_id, m.UpdateEvent.state)

@@ -35,8 +35,14 @@ from registry_api import schemas
 log = logging.getLogger("cloud_registry.rollouts")
 
 
-def _update_id(rollout_id: int, device_id: int, version: int, kind: str = "u") -> str:
-    return f"r{rollout_id}-{kind}{version}-d{device_id}"
+def update_id_prefix(rollout_id: int, version: int, kind: str = "u") -> str:
+    """What every update id a rollout gives for `version` starts with (`kind`: "u" an update, "b" a
+    rollback to it); the device id follows."""
+    return f"r{rollout_id}-{kind}{version}-d"
+
+
+def update_id(rollout_id: int, device_id: int, version: int, kind: str = "u") -> str:
+    return f"{update_id_prefix(rollout_id, version, kind)}{device_id}"
 
 
 def decide(
@@ -171,7 +177,7 @@ def start_wave(
         if artifact is None:  # the artifact cannot vanish (versions are immutable), but be explicit
             entry.state, entry.reason = "failed", f"no artifact for target {device.target}"
             continue
-        entry.update_id = _update_id(rollout.id, entry.device_id, version.version)
+        entry.update_id = update_id(rollout.id, entry.device_id, version.version)
         entry.state, entry.started_at = "updating", now
         publications.append(
             crud.set_desired(
@@ -226,9 +232,9 @@ def revert(
         order = sign_rollback(
             command_key, device=device.name, model=model.name, version=entry.from_version, reason=reason
         )
-        update_id = _update_id(rollout.id, entry.device_id, entry.from_version, kind="b")
+        rollback_id = update_id(rollout.id, entry.device_id, entry.from_version, kind="b")
         if not keep_state:
-            entry.update_id, entry.state, entry.reason = update_id, "reverting", reason
+            entry.update_id, entry.state, entry.reason = rollback_id, "reverting", reason
         publications.append(
             crud.set_desired(
                 session,
@@ -236,7 +242,7 @@ def revert(
                 model=model.name,
                 artifact=previous,
                 version=entry.from_version,
-                update_id=update_id,
+                update_id=rollback_id,
                 public_url=public_url,
                 rollout_id=rollout.id,
                 rollback=order,

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device_agent import agent_version
 from device_agent.config import AgentConfig
@@ -34,6 +35,9 @@ from device_agent.update import Updater
 from edgebundle import BundleError, verify_bundle
 from edgewire import Paths, Presence, SystemStats, Telemetry, Topics, UpdateStatus
 from edgewire.messages import dump_payload
+
+if TYPE_CHECKING:  # imported when the agent opens: it reads /proc
+    from device_agent.system import SystemProbe
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Agent:
         self.registry: RegistryClient | None = None
         self.outbox: Outbox | None = None
         self.updater: Updater | None = None
-        self._probe = None
+        self.probe: SystemProbe | None = None  # /proc readings; opened with the agent
         self.samples = SampleUploader(
             fleet=self.identity.fleet, device=self.identity.device, allowed=config.telemetry.sample_upload
         )
@@ -238,7 +242,7 @@ class Agent:
         stats, elapsed = self.metrics.take_interval()
         pipeline = self.pipeline
         drift = pipeline.take_drift() if pipeline else None
-        system = self._probe.sample() if self._probe is not None else SystemStats()
+        system = self.probe.sample() if self.probe is not None else SystemStats()
         self._enqueue(
             "telemetry",
             Telemetry,
@@ -343,7 +347,7 @@ class Agent:
         if self.config.telemetry.system:
             from device_agent.system import SystemProbe
 
-            self._probe = SystemProbe()
+            self.probe = SystemProbe()
         self._thread(self.updater.run, "update")
         if self.registry is not None:
             self._thread(self._registry_loop, "registry")
@@ -375,8 +379,8 @@ class Agent:
             self.link.stop(flush_s=2.0)
         if self.http is not None:
             self.http.stop()
-        if self._probe is not None:
-            self._probe.close()
+        if self.probe is not None:
+            self.probe.close()
         if self.registry is not None:
             self.registry.close()
         if self.outbox is not None:

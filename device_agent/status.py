@@ -106,10 +106,10 @@ def prometheus_lines(agent: Agent) -> list[str]:
         "# TYPE edgectl_agent_update_state gauge",
         f'edgectl_agent_update_state{{state="{update_state}"}} 1',
     ]
-    if agent._probe is not None:
+    if agent.probe is not None:
         lines += [
             "# HELP edgectl_agent_resident_memory_bytes Resident memory of the agent process.",
             "# TYPE edgectl_agent_resident_memory_bytes gauge",
-            f"edgectl_agent_resident_memory_bytes {int(agent._probe.rss_mb() * 2**20)}",
+            f"edgectl_agent_resident_memory_bytes {int(agent.probe.rss_mb() * 2**20)}",
         ]
     return lines
