@@ -55,7 +55,8 @@ Event = Literal[
 EVENTS: tuple[str, ...] = Event.__args__  # type: ignore[attr-defined]
 STATES = ("pending", "delivered", "failed")
 URLS_INFO = "webhook_urls"  # the session factory's info key: where enqueue finds the URLs
-KEEP_DELIVERED_S = 7 * 86400
+KEEP_DELIVERED_S = 7 * 86400  # a delivered row is kept a week after it arrived
+KEEP_FAILED_S = 30 * 86400  # a failed one a month after its last attempt, for an operator to retry
 LEASE_S = 60.0
 MAX_TEXT = 3000
 
@@ -237,7 +238,7 @@ class Deliverer:
             else:
                 current.last_error = error
                 if current.attempts >= self.max_attempts:
-                    current.state = "failed"
+                    current.state, current.next_attempt_at = "failed", now  # the last attempt: prune's clock
                     log.warning(
                         "webhook %s (%s) to %s failed %d times (%s); gave up",
                         current.event_id,
@@ -253,12 +254,25 @@ class Deliverer:
 
     def _prune(self) -> None:
         with self.factory() as session, session.begin():
-            session.execute(
-                m.WebhookDelivery.__table__.delete().where(
-                    m.WebhookDelivery.state == "delivered",
-                    m.WebhookDelivery.delivered_at < time.time() - KEEP_DELIVERED_S,
-                )
-            )
+            prune(session, now=time.time())
+
+
+def prune(session: Session, *, now: float) -> int:
+    """Delete what no one will send again: delivered rows older than KEEP_DELIVERED_S, and failed rows
+    whose last attempt is older than KEEP_FAILED_S (a retry makes the row pending, and its clock starts
+    again). Pending rows are kept whatever their age. Returns how many rows went."""
+    table = m.WebhookDelivery.__table__
+    delivered = session.execute(
+        table.delete().where(
+            m.WebhookDelivery.state == "delivered", m.WebhookDelivery.delivered_at < now - KEEP_DELIVERED_S
+        )
+    ).rowcount
+    failed = session.execute(
+        table.delete().where(
+            m.WebhookDelivery.state == "failed", m.WebhookDelivery.next_attempt_at < now - KEEP_FAILED_S
+        )
+    ).rowcount
+    return delivered + failed
 
 
 def _host(url: str) -> str:

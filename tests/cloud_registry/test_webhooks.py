@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from tests.cloud_registry.conftest import Api, make_settings
 from tests.cloud_registry.fleet_sim import SimFleet
@@ -324,3 +325,42 @@ def test_an_event_is_sent_only_when_its_change_commits(tmp_path, signing):
             session.rollback()
         with db.transaction(factory) as session:
             assert webhooks.delivery_counts(session) == {"pending": 0, "delivered": 0, "failed": 0}
+
+
+def test_old_delivered_and_failed_rows_are_pruned_and_pending_ones_kept(tmp_path, signing):
+    """Delivered rows go after KEEP_DELIVERED_S, failed ones KEEP_FAILED_S after their last attempt; a
+    pending row stays whatever its age, and so does anything younger."""
+    from cloud_registry import db, webhooks
+    from cloud_registry import models as m
+
+    app = hooked(tmp_path, signing, [])  # no delivery thread, whose own pruning would race this one's
+    with TestClient(app) as client:
+        api = Api(client, app.state.registry, tmp_path / "registry")
+        factory = app.state.registry.factory
+        assert app.state.registry.webhooks is None
+        now = time.time()
+        old_delivered = now - webhooks.KEEP_DELIVERED_S - 60
+        old_failed = now - webhooks.KEEP_FAILED_S - 60
+        rows = {
+            "delivered-old": dict(
+                state="delivered", delivered_at=old_delivered, next_attempt_at=old_delivered
+            ),
+            "delivered-new": dict(state="delivered", delivered_at=now - 60, next_attempt_at=now - 60),
+            "failed-old": dict(state="failed", next_attempt_at=old_failed),
+            "failed-week": dict(state="failed", next_attempt_at=old_delivered),  # past a week, not a month
+            "pending-old": dict(state="pending", next_attempt_at=now + 3600),
+        }
+        with db.transaction(factory) as session:
+            for name, fields in rows.items():
+                session.add(
+                    m.WebhookDelivery(
+                        event_id=name, event="device.revoked", url="http://127.0.0.1:9/other", body={},
+                        created_at=old_failed, attempts=1, **fields,
+                    )
+                )  # fmt: skip
+        with db.transaction(factory) as session:
+            assert webhooks.prune(session, now=now) == 2
+        with db.transaction(factory) as session:
+            left = set(session.scalars(select(m.WebhookDelivery.event_id)))
+        assert left == {"delivered-new", "failed-week", "pending-old"}
+        assert {d["state"] for d in deliveries(api)} == {"delivered", "failed", "pending"}
