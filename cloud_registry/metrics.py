@@ -181,6 +181,7 @@ class RegistryCollector:
                 else []
             )
             deliveries = _webhook_counts(session)
+            failed_updates = _failed_updates(session)
 
         # The fleet.
         by: dict[str, dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
@@ -227,6 +228,11 @@ class RegistryCollector:
         family = gauge("update_failures", "Devices whose last update failed, rolled back or was refused.", [])
         family.add_metric([], failures)
         yield family
+        ever = CounterMetricFamily(
+            "edgectl_registry_failed_updates", "Updates that ended failed, rolled back or refused, ever."
+        )
+        ever.add_metric([], failed_updates)
+        yield ever
 
         # Rollouts.
         info = gauge(
@@ -345,6 +351,20 @@ class RegistryCollector:
                 if latency is not None:
                     p95.add_metric([name], latency)
             yield from (online, p95)
+
+
+def _failed_updates(session: Session) -> int:
+    """Updates that ever ended failed, rolled back or refused, one per (device, update id): a count that
+    only grows (update statuses are never deleted), read from the shared database, so every replica
+    serves the same figure and `increase()` sees each new failure even while another device recovers."""
+    e = m.UpdateEvent
+    failed = (
+        select(e.device_id, e.update_id)
+        .where(e.state.in_(sorted(FAILED_UPDATE_STATES)))
+        .distinct()
+        .subquery()
+    )
+    return int(session.scalar(select(func.count()).select_from(failed)) or 0)
 
 
 def _webhook_counts(session: Session) -> dict[str, int]:

@@ -86,10 +86,21 @@ def test_update_failures_and_health(api, fleet):
         headers=api.admin(),
     )
     fleet.apply_desired("FAILED", names=["cam-000", "cam-001"])
-    samples = scrape(api)
+    reader = api.token("read-only", "prom")
+    samples = scrape(api, reader)
     assert value(samples, "edgectl_registry_update_failures") == 2
     assert value(samples, "edgectl_registry_devices_by_health", health="degraded") == 2
     assert value(samples, "edgectl_registry_devices_by_health", health="ok") == 8
+    assert value(samples, "edgectl_registry_failed_updates_total") == 2
+
+    # One device recovers while another fails: the gauge of devices whose last update failed stays at 2,
+    # and only the counter shows a new failure (the alert rule reads the counter for that reason).
+    fleet.apply_desired("SUCCEEDED", names=["cam-000"])
+    fleet.apply_desired("FAILED", names=["cam-002"])
+    fleet.apply_desired("FAILED", names=["cam-002"])  # the same update reported twice counts once
+    samples = scrape(api, reader)
+    assert value(samples, "edgectl_registry_update_failures") == 2
+    assert value(samples, "edgectl_registry_failed_updates_total") == 3
 
 
 def test_metrics_need_a_token(api):
