@@ -63,7 +63,7 @@ def trigger_value(row: m.DriftScore, trigger: rs.DriftTrigger) -> float:
 
 def score_fleet(session: Session, *, window_s: float, interval_s: float, now: float | None = None) -> int:
     """Score every (model, version, group) with drift in the window; the number of rows written."""
-    from cloud_registry.reports import insert_ignoring_conflicts
+    from cloud_registry.reports import inserted_key_tuples
 
     now = time.time() if now is None else now
     rows = session.execute(
@@ -120,12 +120,12 @@ def score_fleet(session: Session, *, window_s: float, interval_s: float, now: fl
                 "summary": current.model_dump(mode="json"),
             }
         )
-    inserted = insert_ignoring_conflicts(
-        session, m.DriftScore, records, ["model_id", "model_version", "device_group", "bucket"]
-    )
-    if inserted == len(records):  # another replica that scored this tick first has told the webhooks
-        _announce_crossings(session, records, bucket)
-    return inserted
+    key = ["model_id", "model_version", "device_group", "bucket"]
+    inserted = set(inserted_key_tuples(session, m.DriftScore, records, key))
+    # A score another replica wrote first for this tick is that replica's to announce: this one tells the
+    # webhooks about the scores it wrote itself, all of them or some (two replicas that raced on a tick).
+    _announce_crossings(session, [r for r in records if tuple(r[k] for k in key) in inserted], bucket)
+    return len(inserted)
 
 
 def _announce_crossings(session: Session, records: list[dict[str, Any]], bucket: int) -> None:

@@ -67,6 +67,15 @@ def insert_ignoring_conflicts(
 def inserted_keys(session: Session, table: Any, rows: list[dict[str, Any]], columns: list[str]) -> list:
     """INSERT rows, skipping those that collide on the unique `columns`; the first column's value of
     each row that went in (a key of its own only when that column alone is unique, as msg_id is)."""
+    return [key[0] for key in inserted_key_tuples(session, table, rows, columns)]
+
+
+def inserted_key_tuples(
+    session: Session, table: Any, rows: list[dict[str, Any]], columns: list[str]
+) -> list[tuple[Any, ...]]:
+    """INSERT rows, skipping those that collide on the unique `columns`; the `columns` values of each row
+    that went in (RETURNING), so a caller knows which of its rows are its own and which another
+    replica's write already held."""
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
@@ -75,9 +84,11 @@ def inserted_keys(session: Session, table: Any, rows: list[dict[str, Any]], colu
     else:
         from sqlalchemy.dialects.sqlite import insert
     statement = (
-        insert(table).on_conflict_do_nothing(index_elements=columns).returning(getattr(table, columns[0]))
+        insert(table)
+        .on_conflict_do_nothing(index_elements=columns)
+        .returning(*(getattr(table, column) for column in columns))
     )
-    return list(session.scalars(statement, rows).all())
+    return [tuple(row) for row in session.execute(statement, rows).all()]
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:

@@ -364,3 +364,47 @@ def test_old_delivered_and_failed_rows_are_pruned_and_pending_ones_kept(tmp_path
             left = set(session.scalars(select(m.WebhookDelivery.event_id)))
         assert left == {"delivered-new", "failed-week", "pending-old"}
         assert {d["state"] for d in deliveries(api)} == {"delivered", "failed", "pending"}
+
+
+def test_a_replica_announces_the_crossings_it_scored_when_another_wrote_part_of_the_tick(
+    tmp_path, signing, backend, request
+):
+    """Two replicas that race on a tick each write part of it: this one wrote the field group's score,
+    another the lab group's. The field crossing is announced here (it used to be dropped because not
+    every score of the tick went in), the lab one is left to the replica that wrote it."""
+    from cloud_registry import db, drift, webhooks
+    from cloud_registry import models as m
+    from tests.retraining.test_drift_and_triggers import REFERENCE, SHIFTED, _send
+
+    database_url = request.getfixturevalue("postgres").database() if backend == "postgresql" else ""
+    # Nothing listens on the URL: the rows stay to be read.
+    app = hooked(tmp_path, signing, ["http://127.0.0.1:9/hook"], database_url=database_url)
+    with TestClient(app) as client:
+        api = Api(client, app.state.registry, tmp_path / "registry")
+        assert api.push(make_bundle(tmp_path, signing[0], drift_reference=REFERENCE)).status_code == 201
+        policy = {
+            "entry_point": {"callable": "toolchain.finetune_digits:finetune"},
+            "groups": ["field", "lab"],
+            "triggers": {"drift": {"threshold": 0.25}},
+        }
+        put = client.put("/api/v1/models/digits/retraining-policy", json=policy, headers=api.admin())
+        assert put.status_code == 200, put.text
+        for seq, (name, group) in enumerate((("cam-1", "field"), ("cam-2", "lab"))):
+            token = api.enroll(name, group=group)["device_token"]
+            _send(api, {"Authorization": f"Bearer {token}"}, name, SHIFTED, seq)
+        now = time.time() + 0.01
+        factory = app.state.registry.factory
+        with db.transaction(factory) as session:
+            model_id = session.scalar(select(m.Model.id).where(m.Model.name == "digits"))
+            session.add(  # the other replica's score of the lab group for this very tick
+                m.DriftScore(
+                    model_id=model_id, model_version=1, device_group="lab", bucket=int(now // 1.0), at=now,
+                    window_s=5.0, devices=1, samples=SHIFTED.samples, psi_confidence=1.0, psi_class=0.0,
+                    mean_shift_z=0.0, score=1.0, summary=SHIFTED.model_dump(mode="json"),
+                )
+            )  # fmt: skip
+        with db.transaction(factory) as session:
+            assert drift.score_fleet(session, window_s=5.0, interval_s=1.0, now=now) == 1
+        with db.transaction(factory) as session:
+            events = [row for row in webhooks.deliveries(session) if row.event == "drift.above_policy"]
+            assert [row.body["data"]["group"] for row in events] == ["field"]
