@@ -150,12 +150,14 @@ def setup_exporter() -> None:
 def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int = BASE_EPOCHS) -> dict:
     """The shapes set drawn at `size` and a YOLO11n for it; cached, so a rerun trains nothing.
 
-    The 160 px model trains `base_epochs` from scratch; other sizes fine-tune it `finetune_epochs`."""
+    The 160 px model trains `base_epochs` from scratch; other sizes fine-tune it `finetune_epochs` (a
+    cached one fine-tuned another number of epochs is trained again)."""
     root = work / (f"s{size}" if base_epochs == BASE_EPOCHS else f"s{size}-base{base_epochs}")
     record_file = root / "model.json"
     if record_file.is_file():
         record = json.loads(record_file.read_text())
-        if Path(record["checkpoint"]).is_file() and Path(record["data"]).is_file():
+        trained_as_asked = size == BASE_SIZE or record.get("finetune_epochs") == finetune_epochs
+        if trained_as_asked and Path(record["checkpoint"]).is_file() and Path(record["data"]).is_file():
             record["cached"] = True
             return record
     os.environ["YOLO_OFFLINE"] = "1"
@@ -186,6 +188,9 @@ def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int 
         "calib": str(data_yaml.parent / "images" / "train"),
         "checkpoint": str(checkpoint),
         "how": how,
+        "finetune_epochs": None
+        if size == BASE_SIZE
+        else finetune_epochs,  # a cache for other counts retrains
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.perf_counter() - start, 1),
     }
