@@ -39,7 +39,7 @@ TARGETS = ["cpu", "rpi5", "jetson-orin-nx", "android-arm64", "jetson-nano"]
 
 
 def populate(factory, devices: int, seed: int = 1) -> None:  # type: ignore[no-untyped-def]
-    """The fleet, rollouts and drift scores, inserted in bulk (enrolling 10,000 over HTTP measures nothing here)."""
+    """The fleet, rollouts, update statuses and drift scores, inserted in bulk (enrolling 10,000 over HTTP measures nothing here)."""
     from sqlalchemy import insert, select
 
     from cloud_registry import models as m
@@ -125,6 +125,31 @@ def populate(factory, devices: int, seed: int = 1) -> None:  # type: ignore[no-u
                     for n, device_id in enumerate(chosen)
                 ],
             )
+        # Each device's update history: three updates of three statuses each, 2 % of them failed, so the
+        # failed-updates counter reads a table of 9 rows per device.
+        events = []
+        for device_id in ids:
+            for to_version in (1, 2, 3):
+                update_id = f"r{to_version}-u{to_version}-d{device_id}"
+                end = "FAILED" if rng.random() < 0.02 else "SUCCEEDED"
+                for step, state in enumerate(("DOWNLOADING", "ACTIVATING", end)):
+                    at = now - 86400 + 3600 * to_version + step
+                    events.append(
+                        {
+                            "device_id": device_id,
+                            "msg_id": f"{device_id:08x}{to_version:04x}{step:020x}",
+                            "seq": to_version * 3 + step,
+                            "sent_at": at,
+                            "received_at": at,
+                            "update_id": update_id,
+                            "rollout_id": None,
+                            "model": "detector",
+                            "from_version": to_version - 1 or None,
+                            "to_version": to_version,
+                            "state": state,
+                        }
+                    )
+        session.execute(insert(m.UpdateEvent), events)
         for version in (1, 2, 3):
             for group in GROUPS:
                 session.add(
