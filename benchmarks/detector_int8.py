@@ -188,9 +188,8 @@ def prepare_model(size: int, work: Path, finetune_epochs: int, base_epochs: int 
         "calib": str(data_yaml.parent / "images" / "train"),
         "checkpoint": str(checkpoint),
         "how": how,
-        "finetune_epochs": None
-        if size == BASE_SIZE
-        else finetune_epochs,  # a cache for other counts retrains
+        # a cache asked for another count retrains
+        "finetune_epochs": None if size == BASE_SIZE else finetune_epochs,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(time.perf_counter() - start, 1),
     }
